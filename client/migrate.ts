@@ -1,0 +1,174 @@
+import pg from 'pg';
+import { runner } from 'node-pg-migrate';
+import { functionFiles, migrationFiles } from './sql-files.js';
+import { migrationsDir } from './paths.js';
+
+/** Where node-pg-migrate records applied migrations (outside schema pgrelay, so `down` can drop that). */
+export const MIGRATIONS_TABLE = 'pgrelay_migrations';
+export const MIGRATIONS_SCHEMA = 'public';
+/** Session advisory lock held for the whole install: concurrent `migrate up`s wait, they never race. */
+const INSTALL_LOCK = 7_301_000_001;
+
+export type MigrateOptions = {
+  connectionString: string;
+  direction?: 'up' | 'down';
+  log?: (line: string) => void;
+};
+
+export type MigrateResult = { direction: 'up' | 'down'; migrations: string[]; functions: number; dropped: string[] };
+
+export type MigrationStatus = {
+  applied: string[];
+  pending: string[];
+  unknown: string[];
+  installedVersion: string | null;
+};
+
+async function withClient<T>(connectionString: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString, application_name: 'pgrelay-migrate' });
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end();
+  }
+}
+
+async function appliedMigrations(client: pg.Client): Promise<string[]> {
+  const exists = await client.query<{ t: string | null }>(`SELECT to_regclass($1) AS t`, [
+    `${MIGRATIONS_SCHEMA}.${MIGRATIONS_TABLE}`,
+  ]);
+  if (exists.rows[0]?.t == null) return [];
+  const rows = await client.query<{ name: string }>(
+    `SELECT name FROM ${MIGRATIONS_SCHEMA}.${MIGRATIONS_TABLE} ORDER BY run_on, id`,
+  );
+  return rows.rows.map((row) => row.name);
+}
+
+async function installedVersion(client: pg.Client): Promise<string | null> {
+  const found = await client.query<{ v: string | null }>(
+    `SELECT CASE WHEN to_regprocedure('pgrelay.version()') IS NULL THEN NULL ELSE 'yes' END AS v`,
+  );
+  if (found.rows[0]?.v == null) return null;
+  const version = await client.query<{ v: string }>(`SELECT pgrelay.version() AS v`);
+  return version.rows[0]?.v ?? null;
+}
+
+async function statusWith(client: pg.Client): Promise<MigrationStatus> {
+  const known = migrationFiles().map((file) => file.name);
+  const applied = await appliedMigrations(client);
+  return {
+    applied,
+    pending: known.filter((name) => !applied.includes(name)),
+    unknown: applied.filter((name) => !known.includes(name)),
+    installedVersion: await installedVersion(client),
+  };
+}
+
+/** Reinstall every function file and drop pgrelay functions that no file defines any more. */
+async function installFunctions(client: pg.Client): Promise<{ functions: number; dropped: string[] }> {
+  const files = functionFiles();
+  await client.query('BEGIN');
+  try {
+    await client.query('SET LOCAL check_function_bodies = off');
+    for (const file of files) {
+      try {
+        await client.query(file.sql);
+      } catch (error) {
+        throw new Error(`pgrelay migrate: sql/functions/${file.name} failed: ${(error as Error).message}`);
+      }
+    }
+    // CREATE OR REPLACE rewrites each catalog row, so a function untouched by this transaction
+    // is one whose file is gone (or whose signature changed): drop it.
+    const stale = await client.query<{ signature: string }>(
+      `SELECT p.oid::regprocedure::text AS signature
+         FROM pg_proc p
+        WHERE p.pronamespace = 'pgrelay'::regnamespace
+          AND p.xmin <> pg_current_xact_id()::xid
+        ORDER BY 1`,
+    );
+    for (const row of stale.rows) {
+      await client.query(`DROP FUNCTION ${row.signature}`);
+    }
+    await client.query('COMMIT');
+    return { functions: files.length, dropped: stale.rows.map((row) => row.signature) };
+  } catch (error) {
+    await client.query('ROLLBACK');
+    throw error;
+  }
+}
+
+async function runMigrations(client: pg.Client, direction: 'up' | 'down', log: (line: string) => void): Promise<string[]> {
+  const ran = await runner({
+    dbClient: client,
+    dir: migrationsDir(),
+    direction,
+    count: direction === 'down' ? Infinity : undefined,
+    migrationsTable: MIGRATIONS_TABLE,
+    migrationsSchema: MIGRATIONS_SCHEMA,
+    checkOrder: true,
+    singleTransaction: true,
+    noLock: true,
+    log: (message: string) => log(message),
+    logger: { debug: () => {}, info: () => {}, warn: (m: string) => log(m), error: (m: string) => log(m) },
+  });
+  return ran.map((migration) => migration.name);
+}
+
+/**
+ * Install or upgrade (`up`), or remove everything pgrelay made (`down`).
+ * Runs under a session advisory lock, so concurrent callers queue instead of racing.
+ * Refuses to touch a database migrated by a newer pgrelay than this one.
+ */
+export async function migrate(options: MigrateOptions): Promise<MigrateResult> {
+  const direction = options.direction ?? 'up';
+  const log = options.log ?? (() => {});
+  return withClient(options.connectionString, async (client) => {
+    await client.query('SET client_min_messages = warning');
+    await client.query('SELECT pg_advisory_lock($1)', [INSTALL_LOCK]);
+    try {
+      const status = await statusWith(client);
+      if (status.unknown.length > 0) {
+        throw new Error(
+          `pgrelay migrate: the database has migrations this pgrelay does not know (${status.unknown.join(', ')}); ` +
+            'it was installed by a newer pgrelay: upgrade pgrelay instead',
+        );
+      }
+      if (direction === 'down') {
+        const migrations = status.applied.length > 0 ? await runMigrations(client, 'down', log) : [];
+        await client.query(`DROP TABLE IF EXISTS ${MIGRATIONS_SCHEMA}.${MIGRATIONS_TABLE}`);
+        return { direction, migrations, functions: 0, dropped: [] };
+      }
+      const migrations = status.pending.length > 0 ? await runMigrations(client, 'up', log) : [];
+      const installed = await installFunctions(client);
+      return { direction, migrations, ...installed };
+    } finally {
+      await client.query('SELECT pg_advisory_unlock($1)', [INSTALL_LOCK]).catch(() => {});
+    }
+  });
+}
+
+export async function migrationStatus(connectionString: string): Promise<MigrationStatus> {
+  return withClient(connectionString, statusWith);
+}
+
+/** One plain SQL script that installs pgrelay and records its migrations, for teams without Node. */
+export function installScript(): string {
+  const migrations = migrationFiles();
+  const parts = [
+    '-- pgrelay install script: run with psql -v ON_ERROR_STOP=1 -f <file>',
+    'BEGIN;',
+    `SELECT pg_advisory_xact_lock(${INSTALL_LOCK});`,
+    `CREATE TABLE IF NOT EXISTS ${MIGRATIONS_SCHEMA}.${MIGRATIONS_TABLE} (id serial PRIMARY KEY, name varchar(255) NOT NULL, run_on timestamp NOT NULL);`,
+  ];
+  for (const migration of migrations) {
+    parts.push(`-- migration ${migration.name}`, migration.up.trim());
+    parts.push(`INSERT INTO ${MIGRATIONS_SCHEMA}.${MIGRATIONS_TABLE} (name, run_on) VALUES ('${migration.name}', now());`);
+  }
+  parts.push('SET LOCAL check_function_bodies = off;');
+  for (const file of functionFiles()) {
+    parts.push(`-- sql/functions/${file.name}`, file.sql.trim());
+  }
+  parts.push('COMMIT;', '');
+  return parts.join('\n\n');
+}

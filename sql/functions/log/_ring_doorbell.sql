@@ -1,0 +1,19 @@
+-- pgrelay._ring_doorbell(topic): wake an idle relay, at most once per arming.
+-- A relay with nothing to do arms the doorbell; the first publisher to commit after that
+-- disarms it and NOTIFYs channel 'pgrelay' with the topic only (never the body). While the
+-- doorbell is disarmed (a busy relay) publishers do nothing here but read one row, so their
+-- commits never take NOTIFY's cluster-wide lock. A publisher that rolls back also rolls back
+-- its disarming and its NOTIFY, so the next publisher rings instead.
+CREATE OR REPLACE FUNCTION pgrelay._ring_doorbell(p_topic text)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF (SELECT d.armed FROM pgrelay.doorbell d) THEN
+        UPDATE pgrelay.doorbell SET armed = false, armed_at = NULL WHERE armed;
+        IF FOUND THEN
+            PERFORM pg_notify('pgrelay', p_topic);
+        END IF;
+    END IF;
+END;
+$$;
