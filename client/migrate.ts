@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { runner } from 'node-pg-migrate';
-import { functionFiles, migrationFiles } from './sql-files.js';
+import { functionFiles, migrationFiles, type SqlFile } from './sql-files.js';
 import { migrationsDir } from './paths.js';
 
 /** Where node-pg-migrate records applied migrations (outside schema pgrelay, so `down` can drop that). */
@@ -65,6 +65,39 @@ async function statusWith(client: pg.Client): Promise<MigrationStatus> {
   };
 }
 
+/** Names of the pgrelay functions a file defines. */
+function definedFunctions(sql: string): string[] {
+  return [...sql.matchAll(/CREATE\s+OR\s+REPLACE\s+FUNCTION\s+pgrelay\.("?)(\w+)\1\s*\(/gi)].map((match) => match[2]!);
+}
+
+/**
+ * Runs one function file. A changed return type or parameter name cannot be replaced in place
+ * (SQLSTATE 42P13): then the file's functions are dropped (never CASCADE, so nothing that depends
+ * on them disappears silently) and the file runs again.
+ */
+async function installFile(client: pg.Client, file: SqlFile): Promise<void> {
+  await client.query('SAVEPOINT pgrelay_function_file');
+  try {
+    await client.query(file.sql);
+  } catch (error) {
+    await client.query('ROLLBACK TO SAVEPOINT pgrelay_function_file');
+    if ((error as { code?: string }).code !== '42P13') {
+      throw new Error(`pgrelay migrate: sql/functions/${file.name} failed: ${(error as Error).message}`);
+    }
+    const existing = await client.query<{ signature: string }>(
+      `SELECT p.oid::regprocedure::text AS signature FROM pg_proc p
+        WHERE p.pronamespace = 'pgrelay'::regnamespace AND p.proname = ANY($1::text[])`,
+      [definedFunctions(file.sql)],
+    );
+    for (const row of existing.rows) await client.query(`DROP FUNCTION ${row.signature}`);
+    try {
+      await client.query(file.sql);
+    } catch (retryError) {
+      throw new Error(`pgrelay migrate: sql/functions/${file.name} failed: ${(retryError as Error).message}`);
+    }
+  }
+}
+
 /** Reinstall every function file and drop pgrelay functions that no file defines any more. */
 async function installFunctions(client: pg.Client): Promise<{ functions: number; dropped: string[] }> {
   const files = functionFiles();
@@ -72,19 +105,16 @@ async function installFunctions(client: pg.Client): Promise<{ functions: number;
   try {
     await client.query('SET LOCAL check_function_bodies = off');
     for (const file of files) {
-      try {
-        await client.query(file.sql);
-      } catch (error) {
-        throw new Error(`pgrelay migrate: sql/functions/${file.name} failed: ${(error as Error).message}`);
-      }
+      await installFile(client, file);
     }
     // CREATE OR REPLACE rewrites each catalog row, so a function untouched by this transaction
-    // is one whose file is gone (or whose signature changed): drop it.
+    // (its row older than our xid; files ran in subtransactions, whose xids are younger) is one
+    // whose file is gone or whose signature changed: drop it.
     const stale = await client.query<{ signature: string }>(
       `SELECT p.oid::regprocedure::text AS signature
          FROM pg_proc p
         WHERE p.pronamespace = 'pgrelay'::regnamespace
-          AND p.xmin <> pg_current_xact_id()::xid
+          AND age(p.xmin) > age(pg_current_xact_id()::xid)
         ORDER BY 1`,
     );
     for (const row of stale.rows) {

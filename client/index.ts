@@ -1,0 +1,17 @@
+export { createClient, type ClientOptions, type PgrelayClient } from './client.js';
+export { createPgrelayPool, createResultParserInterceptor, createTypeParsers } from './pool.js';
+export { migrate, migrationStatus, installScript, type MigrateOptions, type MigrateResult, type MigrationStatus } from './migrate.js';
+export { cursorAfter, type ReadOptions } from './log.js';
+export {
+  PgrelayError,
+  InvalidArgumentError,
+  PayloadTooLargeError,
+  NotFoundError,
+  ConcurrencyError,
+  LeaseLostError,
+  IdempotencyConflictError,
+  InvalidStateError,
+  SQLSTATES,
+  mapError,
+} from './errors.js';
+export { messageSchema, START, type Cursor, type Message, type PublishInput, type PublishOptions, type Json } from './schemas.js';

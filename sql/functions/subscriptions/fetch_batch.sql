@@ -1,0 +1,131 @@
+-- pgrelay.fetch_batch(subscription, consumer, max_messages, partition_index): lease one partition
+-- and return its next batch, in position order (deliver a key's messages in this order and
+-- never concurrently). Returns nothing when no partition is free or has work.
+--
+-- The batch holds the due heads of the partition's retry chains and the next gapless read of
+-- the log (pgrelay._read_batch). Log messages whose key has a pending retry are parked behind it
+-- instead of being handed out. The lease lasts the subscription's lease_seconds and carries a
+-- fencing token (lease_token): pass it to complete/extend_lease. A lease that expires is taken
+-- over by the next fetch, and its batch is delivered again (at least once).
+CREATE OR REPLACE FUNCTION pgrelay.fetch_batch(
+    subscription    text,
+    consumer        text,
+    max_messages    integer DEFAULT NULL,
+    partition_index integer DEFAULT NULL
+)
+RETURNS SETOF pgrelay.delivery
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_fn       constant text := 'pgrelay.fetch_batch';
+    v_sub      pgrelay.subscriptions;
+    v_part     pgrelay.subscription_partitions;
+    v_limit    integer;
+    v_log      pgrelay.message_record[];
+    v_walk     pgrelay.message_record[];
+    v_retries  pgrelay.retries[];
+    v_out      pgrelay.delivery[];
+    v_chains   text[];
+    v_message  pgrelay.message_record;
+    v_token    bigint;
+    v_last     pgrelay.message_record;
+BEGIN
+    v_sub := pgrelay._subscription(v_fn, fetch_batch.subscription);
+    PERFORM pgrelay._check_name(v_fn, 'consumer', fetch_batch.consumer);
+    IF fetch_batch.max_messages IS NOT NULL AND (fetch_batch.max_messages < 1 OR fetch_batch.max_messages > 10000) THEN
+        PERFORM pgrelay._raise('PR001', v_fn, 'max_messages', format('must be between 1 and 10000, got %s', fetch_batch.max_messages));
+    END IF;
+    IF fetch_batch.partition_index IS NOT NULL AND (fetch_batch.partition_index < 0 OR fetch_batch.partition_index >= v_sub.partitions) THEN
+        PERFORM pgrelay._raise('PR001', v_fn, 'partition_index',
+            format('must be between 0 and %s, got %s', v_sub.partitions - 1, fetch_batch.partition_index));
+    END IF;
+    IF v_sub.paused THEN
+        RETURN;
+    END IF;
+    v_limit := coalesce(fetch_batch.max_messages, v_sub.batch_size);
+
+    FOR v_part IN
+        SELECT * FROM pgrelay.subscription_partitions p
+        WHERE p.subscription = v_sub.name
+          AND (fetch_batch.partition_index IS NULL OR p.partition_index = fetch_batch.partition_index)
+          AND (p.lease_owner IS NULL OR p.lease_expires_at < clock_timestamp())
+        ORDER BY p.last_fetch_at NULLS FIRST, p.partition_index
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        -- Due heads of retry chains.
+        SELECT coalesce(array_agg(h ORDER BY h.position), '{}') INTO v_retries
+        FROM (SELECT DISTINCT ON (r.chain) r.*
+              FROM pgrelay.retries r
+              WHERE r.subscription = v_sub.name AND r.partition_index = v_part.partition_index
+              ORDER BY r.chain, r.position) AS h
+        WHERE h.next_attempt_at <= clock_timestamp();
+        v_retries := v_retries[1:v_limit];
+
+        SELECT coalesce(array_agg(DISTINCT r.chain), '{}') INTO v_chains
+        FROM pgrelay.retries r
+        WHERE r.subscription = v_sub.name AND r.partition_index = v_part.partition_index;
+
+        -- The next gapless batch of the log.
+        SELECT coalesce(array_agg(m), '{}') INTO v_log
+        FROM pgrelay._read_batch(
+            v_part.cursor_xid, v_part.cursor_position, greatest(v_limit - cardinality(v_retries), 1),
+            v_sub.topics, v_part.partition_index, v_sub.partitions,
+            coalesce((SELECT array_agg(d.position) FROM pgrelay.delivered_ahead d
+                      WHERE d.subscription = v_sub.name AND d.partition_index = v_part.partition_index), '{}')) AS m;
+
+        SELECT coalesce(array_agg(m ORDER BY m.xid, m.position), '{}') INTO v_walk FROM unnest(v_log) AS m;
+
+        v_out := '{}';
+        SELECT coalesce(array_agg(ROW(v_sub.name, v_part.partition_index, 0, r.attempts + 1,
+                                      (r.message).position, (r.message).xid, (r.message).id, (r.message).topic,
+                                      (r.message).key, (r.message).type, (r.message).data, (r.message).metadata,
+                                      (r.message).created_at)::pgrelay.delivery), '{}')
+          INTO v_out FROM unnest(v_retries) AS r;
+
+        FOREACH v_message IN ARRAY v_log LOOP
+            IF EXISTS (SELECT 1 FROM pgrelay.retries r WHERE r.subscription = v_sub.name AND r.position = v_message.position) THEN
+                CONTINUE; -- parked or retrying since an abandoned batch: already passed
+            END IF;
+            IF v_message.key IS NOT NULL AND pgrelay._chain_of(v_message.topic, v_message.key, v_message.position) = ANY (v_chains) THEN
+                INSERT INTO pgrelay.retries (subscription, partition_index, chain, position, xid, message)
+                VALUES (v_sub.name, v_part.partition_index, pgrelay._chain_of(v_message.topic, v_message.key, v_message.position),
+                        v_message.position, v_message.xid, v_message);
+                CONTINUE;
+            END IF;
+            v_out := v_out || ROW(v_sub.name, v_part.partition_index, 0, 1, v_message.position, v_message.xid,
+                                  v_message.id, v_message.topic, v_message.key, v_message.type, v_message.data,
+                                  v_message.metadata, v_message.created_at)::pgrelay.delivery;
+        END LOOP;
+
+        IF cardinality(v_out) = 0 THEN
+            IF cardinality(v_walk) > 0 THEN
+                -- Everything read was parked: the cursor passes it now.
+                v_last := v_walk[cardinality(v_walk)];
+                UPDATE pgrelay.subscription_partitions p
+                   SET cursor_xid = v_last.xid, cursor_position = v_last.position, last_fetch_at = clock_timestamp()
+                 WHERE p.subscription = v_sub.name AND p.partition_index = v_part.partition_index;
+            END IF;
+            CONTINUE;
+        END IF;
+
+        UPDATE pgrelay.subscription_partitions p
+           SET lease_owner = fetch_batch.consumer,
+               lease_token = p.lease_token + 1,
+               lease_expires_at = clock_timestamp() + make_interval(secs => v_sub.lease_seconds::double precision),
+               inflight_xids = ARRAY(SELECT w.xid FROM unnest(v_walk) AS w),
+               inflight_positions = ARRAY(SELECT w.position FROM unnest(v_walk) AS w),
+               inflight_retries = ARRAY(SELECT r.position FROM unnest(v_retries) AS r),
+               last_fetch_at = clock_timestamp()
+         WHERE p.subscription = v_sub.name AND p.partition_index = v_part.partition_index
+        RETURNING p.lease_token INTO v_token;
+
+        RETURN QUERY
+            SELECT d.subscription, d.partition_index, v_token, d.attempt, d.position, d.xid, d.id, d.topic, d.key,
+                   d.type, d.data, d.metadata, d.created_at
+            FROM unnest(v_out) AS d
+            ORDER BY d.position;
+        RETURN;
+    END LOOP;
+END;
+$$;
