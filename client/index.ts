@@ -15,3 +15,14 @@ export {
   mapError,
 } from './errors.js';
 export { messageSchema, START, type Cursor, type Message, type PublishInput, type PublishOptions, type Json } from './schemas.js';
+export {
+  subscriptionMethods,
+  type SinkDescription,
+  type SubscribeOptions,
+  type BackoffOptions,
+  type Subscription,
+  type PartitionLag,
+  type DeadLetter,
+} from './subscriptions.js';
+export { startConsumer, deliverBatch, type Consumer, type ConsumeOptions, type Delivery, type Handler, type BatchOutcome } from './consume.js';
+export { createWaker, type Waker } from './waker.js';

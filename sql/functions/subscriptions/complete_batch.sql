@@ -46,15 +46,40 @@ BEGIN
         PERFORM pgrelay._raise('PR001', v_fn, 'errors', 'must hold one reason per failed position');
     END IF;
     SELECT p INTO v_bad FROM unnest(complete_batch.acked || complete_batch.failed) AS p
-    WHERE p IS NULL OR NOT (p = ANY (v_part.inflight_positions) OR p = ANY (v_part.inflight_retries))
+    WHERE p IS NULL OR p NOT IN (SELECT unnest(v_part.inflight_positions || v_part.inflight_retries))
     LIMIT 1;
     IF FOUND THEN
         PERFORM pgrelay._raise('PR001', v_fn, CASE WHEN v_bad = ANY (complete_batch.failed) THEN 'failed' ELSE 'acked' END,
             format('holds position %s, which is not in the leased batch', coalesce(v_bad::text, 'NULL')));
     END IF;
-    SELECT p INTO v_bad FROM unnest(complete_batch.acked) AS p WHERE p = ANY (complete_batch.failed) LIMIT 1;
+    SELECT p INTO v_bad FROM unnest(complete_batch.acked) AS p WHERE p IN (SELECT unnest(complete_batch.failed)) LIMIT 1;
     IF FOUND THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'failed', format('holds position %s, which acked holds too', v_bad));
+    END IF;
+
+    -- The common case: no failure, no retry, every message of the batch acknowledged.
+    IF cardinality(complete_batch.failed) = 0 AND cardinality(v_part.inflight_retries) = 0
+       AND cardinality(complete_batch.acked) = cardinality(v_part.inflight_positions)
+       AND (SELECT count(DISTINCT p) FROM unnest(complete_batch.acked) AS p) = cardinality(v_part.inflight_positions) THEN
+        v_i := cardinality(v_part.inflight_positions);
+        IF v_i > 0 THEN
+            v_cursor_xid := v_part.inflight_xids[v_i];
+            v_cursor_pos := v_part.inflight_positions[v_i];
+            DELETE FROM pgrelay.delivered_ahead d
+             WHERE d.subscription = v_sub.name AND d.partition_index = v_part.partition_index
+               AND (d.xid, d.position) <= (v_cursor_xid, v_cursor_pos);
+        ELSE
+            v_cursor_xid := v_part.cursor_xid;
+            v_cursor_pos := v_part.cursor_position;
+        END IF;
+        UPDATE pgrelay.subscription_partitions p
+           SET cursor_xid = v_cursor_xid, cursor_position = v_cursor_pos,
+               lease_owner = NULL, lease_expires_at = NULL,
+               inflight_xids = '{}', inflight_positions = '{}', inflight_retries = '{}',
+               delivered_count = p.delivered_count + v_i,
+               last_delivered_at = CASE WHEN v_i > 0 THEN clock_timestamp() ELSE p.last_delivered_at END
+         WHERE p.subscription = v_sub.name AND p.partition_index = v_part.partition_index;
+        RETURN;
     END IF;
 
     -- Retries handed out in this batch.

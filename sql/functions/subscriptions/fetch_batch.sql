@@ -22,12 +22,10 @@ DECLARE
     v_sub      pgrelay.subscriptions;
     v_part     pgrelay.subscription_partitions;
     v_limit    integer;
-    v_log      pgrelay.message_record[];
     v_walk     pgrelay.message_record[];
     v_retries  pgrelay.retries[];
     v_out      pgrelay.delivery[];
     v_chains   text[];
-    v_message  pgrelay.message_record;
     v_token    bigint;
     v_last     pgrelay.message_record;
 BEGIN
@@ -66,37 +64,41 @@ BEGIN
         FROM pgrelay.retries r
         WHERE r.subscription = v_sub.name AND r.partition_index = v_part.partition_index;
 
-        -- The next gapless batch of the log.
-        SELECT coalesce(array_agg(m), '{}') INTO v_log
-        FROM pgrelay._read_batch(
+        -- The next gapless batch of the log, in walk order.
+        v_walk := pgrelay._read_walk(
             v_part.cursor_xid, v_part.cursor_position, greatest(v_limit - cardinality(v_retries), 1),
             v_sub.topics, v_part.partition_index, v_sub.partitions,
             coalesce((SELECT array_agg(d.position) FROM pgrelay.delivered_ahead d
-                      WHERE d.subscription = v_sub.name AND d.partition_index = v_part.partition_index), '{}')) AS m;
+                      WHERE d.subscription = v_sub.name AND d.partition_index = v_part.partition_index), '{}'));
 
-        SELECT coalesce(array_agg(m ORDER BY m.xid, m.position), '{}') INTO v_walk FROM unnest(v_log) AS m;
-
-        v_out := '{}';
         SELECT coalesce(array_agg(ROW(v_sub.name, v_part.partition_index, 0, r.attempts + 1,
                                       (r.message).position, (r.message).xid, (r.message).id, (r.message).topic,
                                       (r.message).key, (r.message).type, (r.message).data, (r.message).metadata,
                                       (r.message).created_at)::pgrelay.delivery), '{}')
           INTO v_out FROM unnest(v_retries) AS r;
 
-        FOREACH v_message IN ARRAY v_log LOOP
-            IF EXISTS (SELECT 1 FROM pgrelay.retries r WHERE r.subscription = v_sub.name AND r.position = v_message.position) THEN
-                CONTINUE; -- parked or retrying since an abandoned batch: already passed
-            END IF;
-            IF v_message.key IS NOT NULL AND pgrelay._chain_of(v_message.topic, v_message.key, v_message.position) = ANY (v_chains) THEN
-                INSERT INTO pgrelay.retries (subscription, partition_index, chain, position, xid, message)
-                VALUES (v_sub.name, v_part.partition_index, pgrelay._chain_of(v_message.topic, v_message.key, v_message.position),
-                        v_message.position, v_message.xid, v_message);
-                CONTINUE;
-            END IF;
-            v_out := v_out || ROW(v_sub.name, v_part.partition_index, 0, 1, v_message.position, v_message.xid,
-                                  v_message.id, v_message.topic, v_message.key, v_message.type, v_message.data,
-                                  v_message.metadata, v_message.created_at)::pgrelay.delivery;
-        END LOOP;
+        IF cardinality(v_chains) > 0 THEN
+            -- Park log messages of streams with a pending retry behind it (an abandoned batch may
+            -- have parked some already: those are passed as well).
+            INSERT INTO pgrelay.retries (subscription, partition_index, chain, position, xid, message)
+            SELECT v_sub.name, v_part.partition_index, pgrelay._chain_of(m.topic, m.key, m.position), m.position, m.xid,
+                   ROW(m.position, m.xid, m.id, m.topic, m.key, m.type, m.data, m.metadata, m.created_at)::pgrelay.message_record
+            FROM unnest(v_walk) AS m
+            WHERE m.key IS NOT NULL AND pgrelay._chain_of(m.topic, m.key, m.position) = ANY (v_chains)
+            ON CONFLICT ON CONSTRAINT retries_pkey DO NOTHING;
+            v_out := v_out || ARRAY(
+                SELECT ROW(v_sub.name, v_part.partition_index, 0, 1, m.position, m.xid, m.id, m.topic, m.key, m.type,
+                           m.data, m.metadata, m.created_at)::pgrelay.delivery
+                FROM unnest(v_walk) AS m
+                WHERE NOT EXISTS (SELECT 1 FROM pgrelay.retries r WHERE r.subscription = v_sub.name AND r.position = m.position)
+                ORDER BY m.position);
+        ELSE
+            v_out := v_out || ARRAY(
+                SELECT ROW(v_sub.name, v_part.partition_index, 0, 1, m.position, m.xid, m.id, m.topic, m.key, m.type,
+                           m.data, m.metadata, m.created_at)::pgrelay.delivery
+                FROM unnest(v_walk) AS m
+                ORDER BY m.position);
+        END IF;
 
         IF cardinality(v_out) = 0 THEN
             IF cardinality(v_walk) > 0 THEN
@@ -120,11 +122,11 @@ BEGIN
          WHERE p.subscription = v_sub.name AND p.partition_index = v_part.partition_index
         RETURNING p.lease_token INTO v_token;
 
+        -- Retries first, then the log: each (topic, key) stream comes out in position order.
         RETURN QUERY
             SELECT d.subscription, d.partition_index, v_token, d.attempt, d.position, d.xid, d.id, d.topic, d.key,
                    d.type, d.data, d.metadata, d.created_at
-            FROM unnest(v_out) AS d
-            ORDER BY d.position;
+            FROM unnest(v_out) AS d;
         RETURN;
     END LOOP;
 END;

@@ -1,0 +1,263 @@
+import { hostname } from 'node:os';
+import { randomUUID } from 'node:crypto';
+import { sql, type CommonQueryMethods } from 'slonik';
+import { z } from 'zod';
+import { LeaseLostError, mapError, mapErrors } from './errors.js';
+import { messageSchema, type Message } from './schemas.js';
+import type { Waker } from './waker.js';
+
+export const deliverySchema = messageSchema.extend({
+  subscription: z.string(),
+  partition_index: z.number().int(),
+  lease_token: z.string(),
+  attempt: z.number().int(),
+});
+
+export type Delivery = {
+  subscription: string;
+  partition: number;
+  leaseToken: string;
+  attempt: number;
+  message: Message;
+};
+
+export type Handler = (message: Message, delivery: Delivery) => Promise<void>;
+
+export type BatchOutcome = { acked: string[]; failed: string[]; errors: string[]; latenciesMs: number[] };
+
+export type ConsumeOptions = {
+  /** Lease owner name; default host-pid-random. */
+  consumer?: string;
+  /** Partitions served in parallel by this consumer (one loop each). Default 1. */
+  concurrency?: number;
+  /** Messages per fetched batch; default the subscription's batch_size. */
+  batchSize?: number;
+  /** Streams (topic, key) delivered in parallel inside one batch. Default 16. */
+  keyConcurrency?: number;
+  /** Safety poll when idle (NOTIFY is only a doorbell). Default 1000 ms. */
+  idlePollMs?: number;
+  /** Wake-ups on NOTIFY; without one the consumer polls every idlePollMs. */
+  waker?: Waker;
+  /** Called after each batch completes. */
+  onBatch?: (outcome: BatchOutcome, deliveries: readonly Delivery[]) => void;
+  /** Called on database errors the loop recovers from, and on lost leases. */
+  onError?: (error: unknown) => void;
+};
+
+export type Consumer = {
+  /** Stops fetching, lets in-flight batches finish and completes them, then resolves. */
+  stop(): Promise<void>;
+  readonly done: Promise<void>;
+  readonly stats: { batches: number; delivered: number; failed: number; leaseLost: number };
+};
+
+const chainOf = (message: Message): string =>
+  message.key === null ? `p:${message.position}` : `k:${message.topic}\u001f${message.key}`;
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Runs fn over items with at most `limit` running at once. */
+async function eachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) {
+      const item = items[next]!;
+      next += 1;
+      await fn(item);
+    }
+  });
+  await Promise.all(workers);
+}
+
+/**
+ * Delivers a batch: each (topic, key) stream in position order, one message at a time; streams in
+ * parallel. The first failure of a stream stops that stream (the rest of it is parked by
+ * complete_batch), so per-key order survives failures.
+ */
+export async function deliverBatch(deliveries: readonly Delivery[], handler: Handler, keyConcurrency: number): Promise<BatchOutcome> {
+  const chains = new Map<string, Delivery[]>();
+  for (const delivery of deliveries) {
+    const chain = chainOf(delivery.message);
+    const list = chains.get(chain) ?? [];
+    list.push(delivery);
+    chains.set(chain, list);
+  }
+  const outcome: BatchOutcome = { acked: [], failed: [], errors: [], latenciesMs: [] };
+  await eachLimited([...chains.values()], keyConcurrency, async (chain) => {
+    for (const delivery of chain) {
+      try {
+        await handler(delivery.message, delivery);
+        outcome.acked.push(delivery.message.position);
+        outcome.latenciesMs.push(Date.now() - Date.parse(delivery.message.created_at));
+      } catch (error) {
+        outcome.failed.push(delivery.message.position);
+        outcome.errors.push(String(error instanceof Error ? error.message : error).slice(0, 2000));
+        return;
+      }
+    }
+  });
+  return outcome;
+}
+
+export function fetchBatch(connection: CommonQueryMethods, subscription: string, consumer: string, batchSize: number | null) {
+  return mapErrors(async () => {
+    const rows = await connection.any(sql.type(deliverySchema)`
+      SELECT subscription, partition_index, lease_token, attempt, position, xid::text AS xid, id, topic, key, type,
+             data, metadata, created_at
+      FROM pgrelay.fetch_batch(${subscription}, ${consumer}, ${batchSize})`);
+    return rows.map(
+      (row): Delivery => ({
+        subscription: row.subscription,
+        partition: row.partition_index,
+        leaseToken: row.lease_token,
+        attempt: row.attempt,
+        message: {
+          position: row.position,
+          xid: row.xid,
+          id: row.id,
+          topic: row.topic,
+          key: row.key,
+          type: row.type,
+          data: row.data,
+          metadata: row.metadata,
+          created_at: row.created_at,
+        },
+      }),
+    );
+  });
+}
+
+const voidSchema = z.object({}).passthrough();
+
+export function completeBatch(connection: CommonQueryMethods, first: Delivery, outcome: BatchOutcome) {
+  return mapErrors(async () => {
+    await connection.query(sql.type(voidSchema)`
+      SELECT pgrelay.complete_batch(${first.subscription}, ${first.partition}, ${first.leaseToken},
+        ${sql.array(outcome.acked, 'int8')}, ${sql.array(outcome.failed, 'int8')}, ${sql.array(outcome.errors, 'text')})`);
+  });
+}
+
+function extendLease(connection: CommonQueryMethods, first: Delivery) {
+  return mapErrors(async () => {
+    await connection.query(sql.type(voidSchema)`
+      SELECT pgrelay.extend_lease(${first.subscription}, ${first.partition}, ${first.leaseToken})`);
+  });
+}
+
+/**
+ * Waits for work after an empty fetch, following the doorbell protocol: arm, then poll with
+ * backoff until every publisher that might have missed the arming has ended, then sleep on NOTIFY
+ * (or the safety poll). Returns as soon as there may be work.
+ */
+export function createIdleWait(connection: CommonQueryMethods, waker: Waker | undefined, idlePollMs: number) {
+  let watermark: string | null = null;
+  let backoffMs = 1;
+  return {
+    reset() {
+      watermark = null;
+      backoffMs = 1;
+    },
+    async wait(): Promise<void> {
+      if (waker === undefined) {
+        await sleep(idlePollMs);
+        return;
+      }
+      if (watermark === null) {
+        await connection.query(sql.type(voidSchema)`SELECT pgrelay.doorbell_arm()`);
+        watermark = await connection.oneFirst(sql.type(z.object({ w: z.string() }))`SELECT pgrelay.doorbell_watermark()::text AS w`);
+        return; // fetch once more right after arming
+      }
+      const settled = await connection.oneFirst(sql.type(z.object({ s: z.boolean() }))`
+        SELECT pgrelay.doorbell_settled(${watermark}::xid8) AS s`);
+      if (!settled) {
+        await waker.wait(backoffMs);
+        backoffMs = Math.min(backoffMs * 2, idlePollMs);
+        return;
+      }
+      const result = await waker.wait(idlePollMs);
+      if (result === 'notified') watermark = null; // the ring disarmed the doorbell: arm again next time
+    },
+  };
+}
+
+/** Runs a subscription's pull loop(s) in process until stop(). */
+export function startConsumer(connection: CommonQueryMethods, subscription: string, handler: Handler, options: ConsumeOptions = {}): Consumer {
+  const consumer = options.consumer ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
+  const keyConcurrency = options.keyConcurrency ?? 16;
+  const idlePollMs = options.idlePollMs ?? 1000;
+  const stats = { batches: 0, delivered: 0, failed: 0, leaseLost: 0 };
+  let stopping = false;
+
+  const report = (error: unknown): void => {
+    if (options.onError) options.onError(error);
+  };
+
+  const loop = async (): Promise<void> => {
+    const idle = createIdleWait(connection, options.waker, idlePollMs);
+    let errorBackoffMs = 50;
+    while (!stopping) {
+      let deliveries: Delivery[];
+      try {
+        deliveries = await fetchBatch(connection, subscription, consumer, options.batchSize ?? null);
+        errorBackoffMs = 50;
+      } catch (error) {
+        report(error);
+        await sleep(errorBackoffMs);
+        errorBackoffMs = Math.min(errorBackoffMs * 2, 5_000);
+        continue;
+      }
+      if (deliveries.length === 0) {
+        try {
+          await idle.wait();
+        } catch (error) {
+          report(error);
+          await sleep(errorBackoffMs);
+        }
+        continue;
+      }
+      idle.reset();
+      const first = deliveries[0]!;
+      const heartbeat = setInterval(() => {
+        extendLease(connection, first).catch(report);
+      }, 5_000);
+      let outcome: BatchOutcome;
+      try {
+        outcome = await deliverBatch(deliveries, handler, keyConcurrency);
+      } finally {
+        clearInterval(heartbeat);
+      }
+      for (let attempt = 0; ; attempt += 1) {
+        try {
+          await completeBatch(connection, first, outcome);
+          stats.batches += 1;
+          stats.delivered += outcome.acked.length;
+          stats.failed += outcome.failed.length;
+          options.onBatch?.(outcome, deliveries);
+          break;
+        } catch (error) {
+          const mapped = mapError(error);
+          if (mapped instanceof LeaseLostError) {
+            stats.leaseLost += 1;
+            report(mapped);
+            break;
+          }
+          report(mapped);
+          if (attempt >= 20) break; // the lease expires and the batch is delivered again
+          await sleep(Math.min(50 * 2 ** attempt, 2_000));
+        }
+      }
+    }
+  };
+
+  const loops = Array.from({ length: options.concurrency ?? 1 }, () => loop());
+  const done = Promise.all(loops).then(() => undefined);
+  return {
+    stop: async () => {
+      stopping = true;
+      options.waker?.wakeAll();
+      await done;
+    },
+    done,
+    stats,
+  };
+}
