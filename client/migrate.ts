@@ -115,6 +115,11 @@ async function installFunctions(client: pg.Client): Promise<{ functions: number;
          FROM pg_proc p
         WHERE p.pronamespace = 'pgrelay'::regnamespace
           AND age(p.xmin) > age(pg_current_xact_id()::xid)
+          -- generated per-table capture functions, and anything a trigger or event trigger uses,
+          -- are not file-defined: they stay
+          AND p.proname NOT LIKE '\\_cdc\\_capture\\_%'
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                          WHERE d.refclassid = 'pg_proc'::regclass AND d.refobjid = p.oid AND d.deptype = 'n')
         ORDER BY 1`,
     );
     for (const row of stale.rows) {
@@ -122,6 +127,29 @@ async function installFunctions(client: pg.Client): Promise<{ functions: number;
     }
     await client.query('COMMIT');
     return { functions: files.length, dropped: stale.rows.map((row) => row.signature) };
+  } catch (error) {
+    await client.query('ROLLBACK');
+    throw error;
+  }
+}
+
+/**
+ * Drops every function the sql/functions files define (all overloads), so the down migrations can
+ * drop the tables and types those functions use. Functions the migrations made themselves (event
+ * trigger functions, generated capture functions) are left to the migrations.
+ */
+async function dropFileFunctions(client: pg.Client): Promise<string[]> {
+  const names = [...new Set(functionFiles().flatMap((file) => definedFunctions(file.sql)))];
+  await client.query('BEGIN');
+  try {
+    const rows = await client.query<{ signature: string }>(
+      `SELECT p.oid::regprocedure::text AS signature FROM pg_proc p
+        WHERE p.pronamespace = to_regnamespace('pgrelay') AND p.proname = ANY($1::text[]) ORDER BY 1`,
+      [names],
+    );
+    for (const row of rows.rows) await client.query(`DROP FUNCTION ${row.signature}`);
+    await client.query('COMMIT');
+    return rows.rows.map((row) => row.signature);
   } catch (error) {
     await client.query('ROLLBACK');
     throw error;
@@ -165,9 +193,10 @@ export async function migrate(options: MigrateOptions): Promise<MigrateResult> {
         );
       }
       if (direction === 'down') {
+        const dropped = await dropFileFunctions(client);
         const migrations = status.applied.length > 0 ? await runMigrations(client, 'down', log) : [];
         await client.query(`DROP TABLE IF EXISTS ${MIGRATIONS_SCHEMA}.${MIGRATIONS_TABLE}`);
-        return { direction, migrations, functions: 0, dropped: [] };
+        return { direction, migrations, functions: 0, dropped };
       }
       const migrations = status.pending.length > 0 ? await runMigrations(client, 'up', log) : [];
       const installed = await installFunctions(client);

@@ -1,0 +1,40 @@
+-- pgrelay.cdc_disable(tbl): stop capturing a table: its triggers, generated function, options
+-- and snapshot progress are removed. PR003 if it is not captured.
+CREATE OR REPLACE FUNCTION pgrelay.cdc_disable(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_column
+BEGIN
+    IF cdc_disable.tbl IS NULL THEN
+        PERFORM pgrelay._raise('PR001', 'pgrelay.cdc_disable', 'tbl', 'must name a table');
+    END IF;
+    DELETE FROM pgrelay.cdc_tables c WHERE c.relid = cdc_disable.tbl;
+    IF NOT FOUND THEN
+        PERFORM pgrelay._raise('PR003', 'pgrelay.cdc_disable', 'tbl', format('%s is not captured', cdc_disable.tbl));
+    END IF;
+    DELETE FROM pgrelay.cdc_snapshots s WHERE s.relid = cdc_disable.tbl;
+    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_cdc_insert ON %s', cdc_disable.tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_cdc_update ON %s', cdc_disable.tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_cdc_delete ON %s', cdc_disable.tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_cdc_truncate ON %s', cdc_disable.tbl);
+    EXECUTE format('DROP FUNCTION IF EXISTS pgrelay.%I()', '_cdc_capture_' || cdc_disable.tbl::oid);
+END;
+$$;
+
+-- pgrelay.cdc_list(): the captured tables that still exist, with their options.
+CREATE OR REPLACE FUNCTION pgrelay.cdc_list()
+RETURNS TABLE (table_name text, topic text, key_columns text[], exclude text[], mask text[], operations text[],
+               skip_unchanged boolean, snapshot_emitted bigint, snapshot_done boolean)
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT c.relid::regclass::text, c.topic,
+           ARRAY(SELECT a.attname::text FROM unnest(c.key_attnums) WITH ORDINALITY AS k(attnum, n)
+                 JOIN pg_attribute a ON a.attrelid = c.relid AND a.attnum = k.attnum ORDER BY k.n),
+           c.exclude, c.mask, c.operations, c.skip_unchanged, s.emitted, s.finished_at IS NOT NULL
+    FROM pgrelay.cdc_tables c
+    LEFT JOIN pgrelay.cdc_snapshots s ON s.relid = c.relid
+    WHERE EXISTS (SELECT 1 FROM pg_class r WHERE r.oid = c.relid)
+    ORDER BY 1
+$$;
