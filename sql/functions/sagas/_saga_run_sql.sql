@@ -1,0 +1,28 @@
+-- pgrelay._saga_run_sql(saga, step, phase): run a step's SQL action or compensation inside the
+-- caller's transaction, in a subtransaction: its effects commit with the saga's state change or
+-- not at all. Returns (ok, output, error).
+CREATE OR REPLACE FUNCTION pgrelay._saga_run_sql(p_saga pgrelay.sagas, p_step pgrelay.saga_steps, p_phase text,
+                                                 OUT ok boolean, OUT output jsonb, OUT error text)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_handler jsonb := CASE WHEN p_phase = 'action' THEN p_step.action ELSE p_step.compensation END;
+    v_proc    regprocedure := to_regprocedure((v_handler ->> 'sql') || '(jsonb, jsonb)');
+BEGIN
+    IF v_proc IS NULL THEN
+        ok := false;
+        error := format('function %s(jsonb, jsonb) does not exist any more', v_handler ->> 'sql');
+        RETURN;
+    END IF;
+    BEGIN
+        EXECUTE format('SELECT %s($1, $2)', v_proc::oid::regproc) INTO output
+            USING p_saga.input, p_saga.context || jsonb_build_object('saga_id', p_saga.id, 'step', p_step.name,
+                                                                    'phase', p_phase, 'attempt', p_step.attempts,
+                                                                    'idempotency_key', p_saga.id || ':' || p_step.name || ':' || p_phase);
+        ok := true;
+    EXCEPTION WHEN OTHERS THEN
+        ok := false;
+        error := format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE);
+    END;
+END;
+$$;
