@@ -1,0 +1,175 @@
+-- pgrelay.sync_apply(name, target, messages, from_xid, from_position, to_xid, to_position,
+--                    source_format): apply one batch of source messages to a target table, in
+-- the TARGET database, and move the sync's checkpoint from (from_xid, from_position) to
+-- (to_xid, to_position) in the same transaction. messages: a JSON array of
+-- {"position", "type", "data", "created_at"} in position order (what pgrelay.read returns).
+--   - A batch whose end the checkpoint already passed is a no-op (replay): returns 0.
+--   - A checkpoint elsewhere than from_* means another applier moved it: PR007, nothing written.
+--   - Per row key only the last change of the batch counts, and only if it is newer than the
+--     position the row already reflects (pgrelay.sync_row_versions): stale changes never win,
+--     and a delete racing an upsert ends as whichever committed last in the source.
+--   - cdc format: insert/update/snapshot upsert `after`, delete removes by `before`, truncate
+--     empties the target (per its delete mode). event format: data is the row; types listed in
+--     target.delete_types delete.
+-- Returns how many row changes it applied.
+CREATE OR REPLACE FUNCTION pgrelay.sync_apply(
+    name          text,
+    target        jsonb,
+    messages      jsonb,
+    from_xid      xid8,
+    from_position bigint,
+    to_xid        xid8,
+    to_position   bigint,
+    source_format text DEFAULT 'cdc'
+)
+RETURNS integer
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_fn        constant text := 'pgrelay.sync_apply';
+    v_tbl       regclass;
+    v_cp        pgrelay.sync_checkpoints;
+    v_keys      text[];
+    v_cols      text[];
+    v_map       text;
+    v_keyexpr   text;
+    v_join      text;
+    v_set       text;
+    v_delete    jsonb := coalesce(target -> 'delete', '"delete"');
+    v_soft      text;
+    v_soft_val  text;
+    v_truncate  bigint;
+    v_applied   integer;
+    v_stale     integer;
+    v_latest    timestamptz;
+    v_col       text;
+    v_src       jsonb;
+BEGIN
+    PERFORM pgrelay._check_name(v_fn, 'name', sync_apply.name);
+    v_tbl := pgrelay._sync_check_target(v_fn, sync_apply.target, true);
+    IF sync_apply.messages IS NULL OR jsonb_typeof(sync_apply.messages) <> 'array' THEN
+        PERFORM pgrelay._raise('PR001', v_fn, 'messages', 'must be a JSON array');
+    END IF;
+    IF sync_apply.source_format IS NULL OR sync_apply.source_format NOT IN ('cdc', 'event') THEN
+        PERFORM pgrelay._raise('PR001', v_fn, 'source_format', 'must be ''cdc'' or ''event''');
+    END IF;
+    IF sync_apply.from_xid IS NULL OR sync_apply.from_position IS NULL OR sync_apply.to_xid IS NULL OR sync_apply.to_position IS NULL THEN
+        PERFORM pgrelay._raise('PR001', v_fn, 'to_position', 'the from/to cursors must not be null');
+    END IF;
+
+    INSERT INTO pgrelay.sync_checkpoints AS c (name) VALUES (sync_apply.name) ON CONFLICT ON CONSTRAINT sync_checkpoints_pkey DO NOTHING;
+    SELECT * INTO v_cp FROM pgrelay.sync_checkpoints c WHERE c.name = sync_apply.name FOR UPDATE;
+    IF (v_cp.cursor_xid, v_cp.cursor_position) >= (sync_apply.to_xid, sync_apply.to_position) THEN
+        RETURN 0;
+    END IF;
+    IF (v_cp.cursor_xid, v_cp.cursor_position) <> (sync_apply.from_xid, sync_apply.from_position) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'PR007',
+            MESSAGE = format('%s: argument from_position: the checkpoint of sync %L is at (%s, %s), not (%s, %s): another applier moved it',
+                             v_fn, sync_apply.name, v_cp.cursor_xid, v_cp.cursor_position, sync_apply.from_xid, sync_apply.from_position),
+            COLUMN = 'from_position';
+    END IF;
+
+    v_keys := ARRAY(SELECT jsonb_array_elements_text(target -> 'key_columns'));
+    IF target ? 'columns' THEN
+        v_cols := ARRAY(SELECT jsonb_object_keys(target -> 'columns'));
+        v_cols := v_cols || ARRAY(SELECT k FROM unnest(v_keys) AS k WHERE NOT k = ANY (v_cols));
+        v_map := 'jsonb_build_object(' || (
+            SELECT string_agg(format('%L, %s', c,
+                       CASE WHEN target -> 'columns' -> c IS NULL THEN format('img -> %L', c)
+                            WHEN jsonb_typeof(target -> 'columns' -> c) = 'string' THEN format('img -> %L', target -> 'columns' ->> c)
+                            ELSE format('to_jsonb(%s(img))', to_regprocedure((target -> 'columns' -> c ->> 'function') || '(jsonb)')::oid::regproc) END), ', ')
+            FROM unnest(v_cols) AS c) || ')';
+    ELSE
+        v_cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                        WHERE a.attrelid = v_tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                        ORDER BY a.attnum);
+        v_map := 'img';
+    END IF;
+    IF jsonb_typeof(v_delete) = 'object' THEN
+        v_soft := v_delete ->> 'soft';
+        v_soft_val := CASE WHEN (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = v_tbl AND a.attname = v_soft) = 'boolean'::regtype
+                           THEN 'true' ELSE 'now()' END;
+        v_cols := array_remove(v_cols, v_soft);
+    END IF;
+    v_keyexpr := 'jsonb_build_array(' || (SELECT string_agg(format('obj -> %L', k), ', ') FROM unnest(v_keys) k) || ')::text';
+    v_join := (SELECT string_agg(format('t.%1$I = r.%1$I', k), ' AND ') FROM unnest(v_keys) k);
+    v_set := coalesce((SELECT string_agg(format('%1$I = excluded.%1$I', c), ', ') FROM unnest(v_cols) c WHERE NOT c = ANY (v_keys)), '');
+
+    -- A TRUNCATE in the batch: everything before it is gone; the target is emptied.
+    SELECT max((m ->> 'position')::bigint) INTO v_truncate FROM jsonb_array_elements(sync_apply.messages) m WHERE m ->> 'type' = 'truncate';
+    IF v_truncate IS NOT NULL AND sync_apply.source_format = 'cdc' THEN
+        IF v_delete = '"delete"' THEN
+            EXECUTE format('DELETE FROM %s', v_tbl);
+        ELSIF v_soft IS NOT NULL THEN
+            EXECUTE format('UPDATE %s SET %I = %s', v_tbl, v_soft, v_soft_val);
+        END IF;
+        DELETE FROM pgrelay.sync_row_versions v WHERE v.name = sync_apply.name;
+        UPDATE pgrelay.sync_checkpoints c SET truncate_position = greatest(c.truncate_position, v_truncate) WHERE c.name = sync_apply.name;
+        v_cp.truncate_position := greatest(v_cp.truncate_position, v_truncate);
+    END IF;
+
+    CREATE TEMP TABLE IF NOT EXISTS pgrelay_sync_batch (row_key text, pos bigint, is_delete boolean, obj jsonb) ON COMMIT DELETE ROWS;
+    TRUNCATE pgrelay_sync_batch;
+    EXECUTE format($q$
+        INSERT INTO pgrelay_sync_batch (row_key, pos, is_delete, obj)
+        SELECT DISTINCT ON (k.row_key) k.row_key, k.pos, k.is_delete, k.obj
+        FROM (
+            SELECT %1$s AS row_key, ch.pos, ch.is_delete, ch.obj
+            FROM (
+                SELECT m.pos, m.is_delete, %2$s AS obj
+                FROM (
+                    SELECT (e ->> 'position')::bigint AS pos,
+                           CASE WHEN $2 = 'cdc' THEN e ->> 'type' = 'delete'
+                                ELSE e ->> 'type' IN (SELECT jsonb_array_elements_text(coalesce($3, '[]'))) END AS is_delete,
+                           CASE WHEN $2 = 'cdc' THEN coalesce(nullif(e -> 'data' -> 'after', 'null'), e -> 'data' -> 'before') ELSE e -> 'data' END AS img
+                    FROM jsonb_array_elements($1) AS e
+                    WHERE NOT (e ->> 'type' = 'truncate' AND $2 = 'cdc') AND (e ->> 'position')::bigint > $4
+                ) AS m(pos, is_delete, img)
+            ) AS ch(pos, is_delete, obj)
+        ) AS k
+        ORDER BY k.row_key, k.pos DESC
+    $q$, v_keyexpr, replace(v_map, 'img', 'm.img'))
+    USING sync_apply.messages, sync_apply.source_format, target -> 'delete_types', v_cp.truncate_position;
+
+    -- Stale: the row already reflects a newer position.
+    DELETE FROM pgrelay_sync_batch b
+    USING pgrelay.sync_row_versions v
+    WHERE v.name = sync_apply.name AND v.row_key = b.row_key AND v.position >= b.pos;
+    GET DIAGNOSTICS v_stale = ROW_COUNT;
+
+    EXECUTE format($q$
+        INSERT INTO %1$s AS t (%2$s)
+        SELECT %3$s FROM pgrelay_sync_batch b, jsonb_populate_record(NULL::%1$s, b.obj) AS r
+        WHERE NOT b.is_delete
+        ON CONFLICT (%4$s) DO %5$s
+    $q$, v_tbl,
+         (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_cols) c),
+         (SELECT string_agg(format('r.%I', c), ', ') FROM unnest(v_cols) c),
+         (SELECT string_agg(format('%I', k), ', ') FROM unnest(v_keys) k),
+         CASE WHEN v_set = '' THEN 'NOTHING' ELSE 'UPDATE SET ' || v_set
+              || CASE WHEN v_soft IS NOT NULL THEN format(', %I = NULL', v_soft) ELSE '' END END);
+    IF v_delete = '"delete"' THEN
+        EXECUTE format('DELETE FROM %s AS t USING pgrelay_sync_batch b, jsonb_populate_record(NULL::%s, b.obj) AS r WHERE b.is_delete AND %s',
+                       v_tbl, v_tbl, v_join);
+    ELSIF v_soft IS NOT NULL THEN
+        EXECUTE format('UPDATE %s AS t SET %I = %s FROM pgrelay_sync_batch b, jsonb_populate_record(NULL::%s, b.obj) AS r WHERE b.is_delete AND %s',
+                       v_tbl, v_soft, v_soft_val, v_tbl, v_join);
+    END IF;
+
+    INSERT INTO pgrelay.sync_row_versions AS v (name, row_key, position, deleted)
+    SELECT sync_apply.name, b.row_key, b.pos, b.is_delete FROM pgrelay_sync_batch b
+    ON CONFLICT ON CONSTRAINT sync_row_versions_pkey DO UPDATE SET position = excluded.position, deleted = excluded.deleted;
+    SELECT count(*) INTO v_applied FROM pgrelay_sync_batch;
+
+    SELECT max((m ->> 'created_at')::timestamptz) INTO v_latest FROM jsonb_array_elements(sync_apply.messages) m;
+    UPDATE pgrelay.sync_checkpoints c
+       SET cursor_xid = sync_apply.to_xid, cursor_position = sync_apply.to_position,
+           applied = c.applied + v_applied, skipped_stale = c.skipped_stale + v_stale,
+           last_applied_at = clock_timestamp(), last_source_at = coalesce(v_latest, c.last_source_at)
+     WHERE c.name = sync_apply.name;
+    TRUNCATE pgrelay_sync_batch;
+    RETURN v_applied;
+END;
+$$;
