@@ -43,8 +43,6 @@ DECLARE
     v_applied   integer;
     v_stale     integer;
     v_latest    timestamptz;
-    v_col       text;
-    v_src       jsonb;
 BEGIN
     PERFORM pgrelay._check_name(v_fn, 'name', sync_apply.name);
     v_tbl := pgrelay._sync_check_target(v_fn, sync_apply.target, true);
@@ -72,26 +70,11 @@ BEGIN
     END IF;
 
     v_keys := ARRAY(SELECT jsonb_array_elements_text(target -> 'key_columns'));
-    IF target ? 'columns' THEN
-        v_cols := ARRAY(SELECT jsonb_object_keys(target -> 'columns'));
-        v_cols := v_cols || ARRAY(SELECT k FROM unnest(v_keys) AS k WHERE NOT k = ANY (v_cols));
-        v_map := 'jsonb_build_object(' || (
-            SELECT string_agg(format('%L, %s', c,
-                       CASE WHEN target -> 'columns' -> c IS NULL THEN format('img -> %L', c)
-                            WHEN jsonb_typeof(target -> 'columns' -> c) = 'string' THEN format('img -> %L', target -> 'columns' ->> c)
-                            ELSE format('to_jsonb(%s(img))', to_regprocedure((target -> 'columns' -> c ->> 'function') || '(jsonb)')::oid::regproc) END), ', ')
-            FROM unnest(v_cols) AS c) || ')';
-    ELSE
-        v_cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
-                        WHERE a.attrelid = v_tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-                        ORDER BY a.attnum);
-        v_map := 'img';
-    END IF;
+    SELECT m.columns, m.expression INTO v_cols, v_map FROM pgrelay._sync_mapping(target, v_tbl) AS m;
     IF jsonb_typeof(v_delete) = 'object' THEN
         v_soft := v_delete ->> 'soft';
         v_soft_val := CASE WHEN (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = v_tbl AND a.attname = v_soft) = 'boolean'::regtype
                            THEN 'true' ELSE 'now()' END;
-        v_cols := array_remove(v_cols, v_soft);
     END IF;
     v_keyexpr := 'jsonb_build_array(' || (SELECT string_agg(format('obj -> %L', k), ', ') FROM unnest(v_keys) k) || ')::text';
     v_join := (SELECT string_agg(format('t.%1$I = r.%1$I', k), ' AND ') FROM unnest(v_keys) k);
@@ -110,7 +93,9 @@ BEGIN
         v_cp.truncate_position := greatest(v_cp.truncate_position, v_truncate);
     END IF;
 
-    CREATE TEMP TABLE IF NOT EXISTS pgrelay_sync_batch (row_key text, pos bigint, is_delete boolean, obj jsonb) ON COMMIT DELETE ROWS;
+    IF to_regclass('pg_temp.pgrelay_sync_batch') IS NULL THEN
+        CREATE TEMP TABLE pgrelay_sync_batch (row_key text, pos bigint, is_delete boolean, obj jsonb) ON COMMIT DELETE ROWS;
+    END IF;
     TRUNCATE pgrelay_sync_batch;
     EXECUTE format($q$
         INSERT INTO pgrelay_sync_batch (row_key, pos, is_delete, obj)

@@ -1,0 +1,99 @@
+import { sql, type DatabasePool } from 'slonik';
+import { z } from 'zod';
+import type { Waker } from '../client/index.js';
+import { createTargetPools, listSyncs, runLocalSync, runSyncStep } from './sync-runner.js';
+import type { Log } from './service.js';
+
+const countSchema = z.object({ n: z.number() });
+const nameSchema = z.object({ name: z.string() });
+
+export type DriverStats = { sagaTicks: number; projectionApplied: number; syncApplied: number; errors: number };
+
+/**
+ * Loops that move database-side work along: due saga steps, timeouts and deadlines (saga_tick),
+ * projections (projection_run) and syncs (sync_run, or read-from-source/apply-in-target across
+ * databases). Each wakes on the doorbell and otherwise every intervalMs.
+ */
+export function startDrivers(options: {
+  pool: DatabasePool;
+  waker?: Waker;
+  log: Log;
+  env: NodeJS.ProcessEnv;
+  intervalMs?: number;
+  sagas?: boolean;
+  projections?: boolean;
+  syncs?: boolean;
+}) {
+  const { pool, log } = options;
+  const intervalMs = options.intervalMs ?? 250;
+  const stats: DriverStats = { sagaTicks: 0, projectionApplied: 0, syncApplied: 0, errors: 0 };
+  const targets = createTargetPools(options.env);
+  let stopping = false;
+
+  const sleep = async (): Promise<void> => {
+    if (options.waker !== undefined) await options.waker.wait(intervalMs);
+    else await new Promise((resolve) => setTimeout(resolve, intervalMs));
+  };
+
+  const loop = async (name: string, step: () => Promise<number>): Promise<void> => {
+    while (!stopping) {
+      let progressed = 0;
+      try {
+        progressed = await step();
+      } catch (error) {
+        stats.errors += 1;
+        log.warn({ driver: name, err: String(error) }, 'driver step failed');
+      }
+      if (progressed === 0 && !stopping) await sleep();
+    }
+  };
+
+  const sagaStep = async (): Promise<number> => {
+    const n = await pool.oneFirst(sql.type(countSchema)`SELECT pgrelay.saga_tick(200) AS n`);
+    stats.sagaTicks += n;
+    return n;
+  };
+
+  const projectionStep = async (): Promise<number> => {
+    let total = 0;
+    for (const { name } of await pool.any(sql.type(nameSchema)`SELECT name FROM pgrelay.projections ORDER BY name`)) {
+      total += await pool.oneFirst(sql.type(countSchema)`SELECT pgrelay.projection_run(${name}, 1000) AS n`);
+    }
+    stats.projectionApplied += total;
+    return total;
+  };
+
+  const syncStep = async (): Promise<number> => {
+    let total = 0;
+    for (const sync of await listSyncs(pool)) {
+      if (sync.paused) continue;
+      const variable = sync.target.database_env;
+      try {
+        total += typeof variable === 'string'
+          ? await runSyncStep(pool, await targets.get(variable), sync)
+          : await runLocalSync(pool, sync.name);
+      } catch (error) {
+        stats.errors += 1;
+        log.warn({ sync: sync.name, err: String(error) }, 'sync step failed');
+      }
+    }
+    stats.syncApplied += total;
+    return total;
+  };
+
+  const loops = [
+    options.sagas === false ? null : loop('sagas', sagaStep),
+    options.projections === false ? null : loop('projections', projectionStep),
+    options.syncs === false ? null : loop('syncs', syncStep),
+  ].filter((p): p is Promise<void> => p !== null);
+
+  return {
+    stats,
+    stop: async () => {
+      stopping = true;
+      options.waker?.wakeAll();
+      await Promise.all(loops);
+      await targets.close();
+    },
+  };
+}
