@@ -5,6 +5,7 @@ import type { Cursor, Message, PublishInput, PublishOptions } from './schemas.js
 import { subscriptionMethods, type SubscriptionMethods } from './subscriptions.js';
 import { startConsumer, type ConsumeOptions, type Consumer, type Handler } from './consume.js';
 import { createWaker, type Waker } from './waker.js';
+import { syncMethods, type SyncMethods } from './sync.js';
 
 export type ClientOptions =
   | ({ connectionString: string } & PoolOptions)
@@ -21,6 +22,8 @@ export type PgrelayClient = {
   transaction<T>(fn: (tx: PgrelayClient) => Promise<T>): Promise<T>;
   /** Subscriptions, dead letters and retention. */
   readonly subscriptions: SubscriptionMethods;
+  /** Syncs: define/drop in the source database, run same-database ones, read checkpoints and lag. */
+  readonly syncs: SyncMethods;
   /**
    * Pulls a subscription (sink {"type":"consumer"}) in process: handler runs once per message,
    * a (topic, key) stream in order and never concurrently; a throw is a failed delivery (retried
@@ -45,6 +48,7 @@ function bind(
     read: (cursor, options) => read(connection, cursor, options),
     transaction: (fn) => connection.transaction((tx) => fn(bind(tx, async () => {}))),
     subscriptions: subscriptionMethods(connection),
+    syncs: syncMethods(connection),
     consume: async (subscription, handler, options = {}) =>
       startConsumer(connection, subscription, handler, { waker: options.waker ?? (await waker()), ...options }),
     version: () => connection.oneFirst(sql.type(versionSchema)`SELECT pgrelay.version() AS version`),

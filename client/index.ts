@@ -26,3 +26,4 @@ export {
 } from './subscriptions.js';
 export { startConsumer, deliverBatch, type Consumer, type ConsumeOptions, type Delivery, type Handler, type BatchOutcome } from './consume.js';
 export { createWaker, type Waker } from './waker.js';
+export { syncMethods, type SyncMethods, type SyncTarget, type SyncOptions } from './sync.js';

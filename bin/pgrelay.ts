@@ -1,0 +1,158 @@
+#!/usr/bin/env node
+// The pgrelay CLI: thin entry points over client/ and daemon/.
+import { createClient, installScript, migrate, migrationStatus, type PgrelayClient } from '../client/index.js';
+import { runDaemon } from '../daemon/main.js';
+import { runDemo } from '../daemon/demo.js';
+import { flag, parseArgs, type Args } from './args.js';
+import { syncCommand } from './sync.js';
+
+const USAGE = `pgrelay <command>
+
+  migrate up|down|status       install/upgrade, remove everything, or show migrations
+  migrate sql                  print a plain SQL install script (for teams without Node)
+  daemon [--port 9187] [--only a,b]
+                               relay every subscription whose sink this daemon has
+  demo [--follow]              the whole flow on an embedded PostgreSQL 18 (or DATABASE_URL)
+  status                       subscriptions, lag per partition, what holds the horizon
+  subscribe NAME --topics a,b.* --sink '{"type":"webhook","url":"http://..."}' [--options '{...}']
+  unsubscribe NAME
+  pause NAME | resume NAME
+  replay NAME [--from-position N | --from-time ISO]
+  dead-letters list [SUBSCRIPTION]
+  dead-letters retry SUBSCRIPTION [POSITION]
+  dead-letters discard SUBSCRIPTION [POSITION]
+  retention [--older-than '7 days']
+  publish TOPIC TYPE [DATA_JSON] [--key K]
+  sync list | status [NAME] | run NAME | reconcile NAME [--chunk-size N]
+
+Connection: --database-url URL, else DATABASE_URL.`;
+
+function databaseUrl(args: Args): string {
+  const url = flag(args, 'database-url') ?? process.env.DATABASE_URL;
+  if (url === undefined || url === '') throw new Error('no database: pass --database-url or set DATABASE_URL');
+  return url;
+}
+
+function json(text: string | undefined, what: string): unknown {
+  if (text === undefined) return {};
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new Error(`${what} is not valid JSON: ${text}`);
+  }
+}
+
+const out = (value: unknown): void => {
+  process.stdout.write(`${typeof value === 'string' ? value : JSON.stringify(value, null, 2)}\n`);
+};
+
+async function withClient<T>(args: Args, fn: (client: PgrelayClient) => Promise<T>): Promise<T> {
+  const client = await createClient({ connectionString: databaseUrl(args) });
+  try {
+    return await fn(client);
+  } finally {
+    await client.end();
+  }
+}
+
+async function main(argv: readonly string[]): Promise<number> {
+  const args = parseArgs(argv, new Set(['follow', 'help']));
+  const [command, sub, ...rest] = args.positional;
+  switch (command) {
+    case 'migrate': {
+      if (sub === 'sql') return out(installScript()), 0;
+      if (sub === 'status') return out(await migrationStatus(databaseUrl(args))), 0;
+      if (sub !== 'up' && sub !== 'down') throw new Error('usage: pgrelay migrate up|down|status|sql');
+      const result = await migrate({ connectionString: databaseUrl(args), direction: sub, log: (line) => process.stderr.write(`${line}\n`) });
+      out(result);
+      return 0;
+    }
+    case 'daemon': {
+      const port = flag(args, 'port');
+      const only = flag(args, 'only');
+      await runDaemon({
+        connectionString: databaseUrl(args),
+        port: port === 'off' ? null : Number(port ?? 9187),
+        host: flag(args, 'host'),
+        only: only === undefined ? undefined : only.split(','),
+      });
+      return 0;
+    }
+    case 'demo': {
+      const result = await runDemo({ connectionString: process.env.DATABASE_URL || flag(args, 'database-url'), follow: args.flags.has('follow') });
+      return result.ok ? 0 : 1;
+    }
+    case 'status':
+      return withClient(args, async (client) => {
+        out({ version: await client.version(), subscriptions: await client.subscriptions.list(), lag: await client.subscriptions.lag() });
+        return 0;
+      });
+    case 'subscribe':
+      return withClient(args, async (client) => {
+        if (sub === undefined) throw new Error('usage: pgrelay subscribe NAME --topics a,b --sink JSON [--options JSON]');
+        const topics = (flag(args, 'topics') ?? '').split(',').filter((t) => t !== '');
+        await client.subscriptions.subscribe(sub, topics, json(flag(args, 'sink'), '--sink') as never, json(flag(args, 'options'), '--options') as never);
+        out(`subscribed ${sub}`);
+        return 0;
+      });
+    case 'unsubscribe':
+    case 'pause':
+    case 'resume':
+      return withClient(args, async (client) => {
+        if (sub === undefined) throw new Error(`usage: pgrelay ${command} NAME`);
+        await client.subscriptions[command === 'unsubscribe' ? 'unsubscribe' : command](sub);
+        out(`${command}d ${sub}`);
+        return 0;
+      });
+    case 'replay':
+      return withClient(args, async (client) => {
+        if (sub === undefined) throw new Error('usage: pgrelay replay NAME [--from-position N | --from-time ISO]');
+        const time = flag(args, 'from-time');
+        await client.subscriptions.reset(sub, { position: flag(args, 'from-position'), time: time === undefined ? undefined : new Date(time) });
+        out(`replaying ${sub}`);
+        return 0;
+      });
+    case 'dead-letters':
+      return withClient(args, async (client) => {
+        const [name, position] = rest;
+        if (sub === 'list') return out(await client.subscriptions.deadLetters(name)), 0;
+        if (name === undefined) throw new Error(`usage: pgrelay dead-letters ${sub ?? 'retry|discard'} SUBSCRIPTION [POSITION]`);
+        if (sub === 'retry') return out({ retried: await client.subscriptions.retryDeadLetters(name, position) }), 0;
+        if (sub === 'discard') return out({ discarded: await client.subscriptions.discardDeadLetters(name, position) }), 0;
+        throw new Error('usage: pgrelay dead-letters list|retry|discard');
+      });
+    case 'retention':
+      return withClient(args, async (client) => {
+        out({ deleted: await client.subscriptions.runRetention(flag(args, 'older-than')) });
+        return 0;
+      });
+    case 'publish':
+      return withClient(args, async (client) => {
+        const [type, data] = rest;
+        if (sub === undefined || type === undefined) throw new Error('usage: pgrelay publish TOPIC TYPE [DATA_JSON] [--key K]');
+        out({ id: await client.publish({ topic: sub, type, key: flag(args, 'key') ?? null, data: json(data, 'DATA_JSON') }) });
+        return 0;
+      });
+    case 'sync': {
+      const chunk = flag(args, 'chunk-size');
+      return syncCommand(sub, rest[0], databaseUrl(args), { chunkSize: chunk === undefined ? undefined : Number(chunk) });
+    }
+    case undefined:
+    case 'help':
+      out(USAGE);
+      return command === undefined ? 1 : 0;
+    default:
+      throw new Error(`unknown command ${command}\n\n${USAGE}`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    const sqlState = (error as { sqlState?: string }).sqlState;
+    process.stderr.write(`pgrelay: ${error instanceof Error ? error.message : String(error)}${sqlState ? ` (SQLSTATE ${sqlState})` : ''}\n`);
+    process.exitCode = 1;
+  },
+);
