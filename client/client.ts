@@ -6,6 +6,11 @@ import { subscriptionMethods, type SubscriptionMethods } from './subscriptions.j
 import { startConsumer, type ConsumeOptions, type Consumer, type Handler } from './consume.js';
 import { createWaker, type Waker } from './waker.js';
 import { syncMethods, type SyncMethods } from './sync.js';
+import { inboxMethods, type InboxMethods } from './inbox.js';
+import { createInboxHandler, type InboxHandler } from './inbox-handler.js';
+import { idempotencyMethods, idempotent, type IdempotencyMethods, type IdempotentOptions } from './idempotency.js';
+import { streamMethods, type StreamMethods } from './events.js';
+import { projectionMethods, type ProjectionMethods } from './projections.js';
 
 export type ClientOptions =
   | ({ connectionString: string } & PoolOptions)
@@ -29,7 +34,23 @@ export type PgrelayClient = {
    * a (topic, key) stream in order and never concurrently; a throw is a failed delivery (retried
    * with backoff, dead-lettered after max_attempts). Resolve stop() for a clean shutdown.
    */
-  consume(subscription: string, handler: Handler, options?: ConsumeOptions): Promise<Consumer>;
+  consume(subscription: string, handler: Handler, options?: ConsumeOptions & { inbox?: false }): Promise<Consumer>;
+  /**
+   * With { inbox: true } each message's handler runs in a transaction that first records the
+   * message in the inbox (consumer name: the subscription): a redelivered message is skipped, and
+   * side effects written through delivery.transaction commit once, together with the record.
+   */
+  consume(subscription: string, handler: InboxHandler, options: ConsumeOptions & { inbox: true }): Promise<Consumer>;
+  /** Inbox records (effectively-once processing) and their expiry. */
+  readonly inbox: InboxMethods;
+  /** Idempotency keys: begin / complete / abandon / expire. */
+  readonly idempotency: IdempotencyMethods;
+  /** Runs fn once per key (see idempotent() in idempotency.ts); duplicates get the stored response. */
+  idempotent<T>(key: string, request: unknown, fn: () => Promise<T> | T, options?: IdempotentOptions<T>): Promise<T>;
+  /** Event-store streams: append with expected version, read, last, version, fold, snapshot. */
+  readonly streams: StreamMethods;
+  /** Projections (read models fed by the log): define, run, catchUp, rebuild, drop, lag. */
+  readonly projections: ProjectionMethods;
   /** The installed pgrelay version (pgrelay.version()). */
   version(): Promise<string>;
   /** Closes the pool if this client created it. */
@@ -49,8 +70,17 @@ function bind(
     transaction: (fn) => connection.transaction((tx) => fn(bind(tx, async () => {}))),
     subscriptions: subscriptionMethods(connection),
     syncs: syncMethods(connection),
-    consume: async (subscription, handler, options = {}) =>
-      startConsumer(connection, subscription, handler, { waker: options.waker ?? (await waker()), ...options }),
+    // Without inbox the overloads only admit a plain Handler, hence the cast.
+    consume: async (subscription: string, handler: Handler | InboxHandler, options: ConsumeOptions & { inbox?: boolean } = {}) =>
+      startConsumer(connection, subscription, options.inbox === true ? createInboxHandler(connection, subscription, handler) : (handler as Handler), {
+        waker: options.waker ?? (await waker()),
+        ...options,
+      }),
+    inbox: inboxMethods(connection),
+    idempotency: idempotencyMethods(connection),
+    idempotent: (key, request, fn, options) => idempotent(connection, key, request, fn, options),
+    streams: streamMethods(connection),
+    projections: projectionMethods(connection),
     version: () => connection.oneFirst(sql.type(versionSchema)`SELECT pgrelay.version() AS version`),
     end,
   };

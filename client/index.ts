@@ -27,3 +27,39 @@ export {
 export { startConsumer, deliverBatch, type Consumer, type ConsumeOptions, type Delivery, type Handler, type BatchOutcome } from './consume.js';
 export { createWaker, type Waker } from './waker.js';
 export { syncMethods, type SyncMethods, type SyncTarget, type SyncOptions } from './sync.js';
+export { inboxReceive, inboxExpire, inboxMethods, type InboxMethods, type InboxExpireOptions } from './inbox.js';
+export { createInboxHandler, type InboxDelivery, type InboxHandler } from './inbox-handler.js';
+export {
+  idempotent,
+  idempotencyBegin,
+  idempotencyComplete,
+  idempotencyAbandon,
+  idempotencyExpire,
+  idempotencyMethods,
+  requestFingerprint,
+  stableStringify,
+  IdempotencyInProgressError,
+  type IdempotencyMethods,
+  type IdempotencyStatus,
+  type IdempotencyBegin,
+  type IdempotencyBeginOptions,
+  type IdempotentOptions,
+} from './idempotency.js';
+export {
+  aggregate,
+  defineEvent,
+  streamMethods,
+  streamEventSchema,
+  type Aggregate,
+  type AggregateOptions,
+  type EventDefinition,
+  type EventInput,
+  type EventReducer,
+  type ExpectedVersion,
+  type FoldOptions,
+  type ReadStreamOptions,
+  type StreamEvent,
+  type StreamMethods,
+  type TypedEvent,
+} from './events.js';
+export { projectionMethods, projectionLagSchema, type ProjectionLag, type ProjectionMethods, type ProjectionDefineOptions } from './projections.js';

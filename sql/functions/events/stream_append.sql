@@ -23,8 +23,15 @@ DECLARE
     v_event   jsonb;
     v_next_xid xid8;
 BEGIN
+    IF stream_append.topic IS NULL OR stream_append.topic !~ '^[A-Za-z0-9._-]{1,200}$' THEN
+        PERFORM pgrelay._raise('PR001', v_fn, 'topic',
+            format('must be 1-200 characters of [A-Za-z0-9._-], got %s', coalesce(quote_literal(left(stream_append.topic, 220)), 'NULL')));
+    END IF;
     IF stream_append.key IS NULL THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'key', 'must not be null: a stream is a (topic, key) pair');
+    END IF;
+    IF length(stream_append.key) > 1000 THEN
+        PERFORM pgrelay._raise('PR001', v_fn, 'key', format('must be at most 1000 characters, got %s', length(stream_append.key)));
     END IF;
     IF stream_append.events IS NULL OR jsonb_typeof(stream_append.events) <> 'array' OR jsonb_array_length(stream_append.events) = 0 THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'events', 'must be a non-empty JSON array of {"type", "data", "metadata"?}');

@@ -13,6 +13,18 @@ BEGIN
 END;
 $$;
 
+-- pgrelay._reducer_key(reducer): the reducer's schema-qualified signature, the same whatever the
+-- search_path (snapshots are kept per reducer under this name).
+CREATE OR REPLACE FUNCTION pgrelay._reducer_key(p_reducer regprocedure)
+RETURNS text
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid))
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE p.oid = p_reducer
+$$;
+
 -- pgrelay.stream_fold(topic, key, reducer, initial, use_snapshot): fold a stream into a state
 -- with reducer(state, event), where event is {"version", "type", "data", "metadata", "id",
 -- "position"}. With use_snapshot (default) folding starts from the latest snapshot for this
@@ -44,7 +56,7 @@ BEGIN
     END IF;
     IF coalesce(stream_fold.use_snapshot, true) THEN
         SELECT s.state, s.version INTO v_state, v_version FROM pgrelay.snapshots s
-        WHERE s.topic = stream_fold.topic AND s.key = stream_fold.key AND s.reducer = stream_fold.reducer::text;
+        WHERE s.topic = stream_fold.topic AND s.key = stream_fold.key AND s.reducer = pgrelay._reducer_key(stream_fold.reducer);
         IF NOT FOUND THEN
             v_state := stream_fold.initial;
             v_version := 0;
@@ -79,9 +91,16 @@ AS $$
 DECLARE
     v_folded jsonb;
 BEGIN
+    PERFORM pgrelay._check_reducer('pgrelay.stream_snapshot', stream_snapshot.reducer);
+    IF stream_snapshot.topic IS NULL OR stream_snapshot.key IS NULL THEN
+        PERFORM pgrelay._raise('PR001', 'pgrelay.stream_snapshot', CASE WHEN stream_snapshot.topic IS NULL THEN 'topic' ELSE 'key' END, 'must not be null');
+    END IF;
+    IF stream_snapshot.initial IS NULL THEN
+        PERFORM pgrelay._raise('PR001', 'pgrelay.stream_snapshot', 'initial', 'must not be null');
+    END IF;
     v_folded := pgrelay.stream_fold(stream_snapshot.topic, stream_snapshot.key, stream_snapshot.reducer, stream_snapshot.initial, true);
     INSERT INTO pgrelay.snapshots (topic, key, reducer, version, state)
-    VALUES (stream_snapshot.topic, stream_snapshot.key, stream_snapshot.reducer::text,
+    VALUES (stream_snapshot.topic, stream_snapshot.key, pgrelay._reducer_key(stream_snapshot.reducer),
             (v_folded ->> 'version')::bigint, v_folded -> 'state')
     ON CONFLICT ON CONSTRAINT snapshots_pkey DO UPDATE
         SET version = excluded.version, state = excluded.state, created_at = now()

@@ -34,22 +34,35 @@ $$;
 
 CREATE OR REPLACE FUNCTION pgrelay.stream_version(topic text, key text)
 RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE
 AS $$
-    SELECT coalesce(max(m.stream_version), 0)
-    FROM pgrelay.messages m
-    WHERE m.topic = stream_version.topic AND m.key = stream_version.key AND m.stream_version IS NOT NULL
+#variable_conflict use_column
+BEGIN
+    IF stream_version.topic IS NULL OR stream_version.key IS NULL THEN
+        PERFORM pgrelay._raise('PR001', 'pgrelay.stream_version', CASE WHEN stream_version.topic IS NULL THEN 'topic' ELSE 'key' END, 'must not be null');
+    END IF;
+    RETURN (SELECT coalesce(max(m.stream_version), 0)
+            FROM pgrelay.messages m
+            WHERE m.topic = stream_version.topic AND m.key = stream_version.key AND m.stream_version IS NOT NULL);
+END;
 $$;
 
 CREATE OR REPLACE FUNCTION pgrelay.stream_last(topic text, key text)
 RETURNS SETOF pgrelay.stream_event
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE
 AS $$
-    SELECT m.stream_version, m.position, m.id, m.type, m.data, m.metadata, m.created_at
-    FROM pgrelay.messages m
-    WHERE m.topic = stream_last.topic AND m.key = stream_last.key AND m.stream_version IS NOT NULL
-    ORDER BY m.stream_version DESC
-    LIMIT 1
+#variable_conflict use_column
+BEGIN
+    IF stream_last.topic IS NULL OR stream_last.key IS NULL THEN
+        PERFORM pgrelay._raise('PR001', 'pgrelay.stream_last', CASE WHEN stream_last.topic IS NULL THEN 'topic' ELSE 'key' END, 'must not be null');
+    END IF;
+    RETURN QUERY
+        SELECT m.stream_version, m.position, m.id, m.type, m.data, m.metadata, m.created_at
+        FROM pgrelay.messages m
+        WHERE m.topic = stream_last.topic AND m.key = stream_last.key AND m.stream_version IS NOT NULL
+        ORDER BY m.stream_version DESC
+        LIMIT 1;
+END;
 $$;

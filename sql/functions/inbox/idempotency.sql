@@ -88,6 +88,10 @@ AS $$
 DECLARE
     v_status text;
 BEGIN
+    IF idempotency_complete.key IS NULL OR length(idempotency_complete.key) NOT BETWEEN 1 AND 255 THEN
+        PERFORM pgrelay._raise('PR001', 'pgrelay.idempotency_complete', 'key', 'must be 1-255 characters');
+    END IF;
+    PERFORM pgrelay._check_name('pgrelay.idempotency_complete', 'scope', idempotency_complete.scope);
     IF idempotency_complete.response IS NULL THEN
         PERFORM pgrelay._raise('PR001', 'pgrelay.idempotency_complete', 'response', 'must not be null (use ''null''::jsonb)');
     END IF;
@@ -109,11 +113,18 @@ $$;
 -- request can be retried. A completed key is kept.
 CREATE OR REPLACE FUNCTION pgrelay.idempotency_abandon(key text, scope text DEFAULT 'default')
 RETURNS boolean
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
+#variable_conflict use_column
+BEGIN
+    IF idempotency_abandon.key IS NULL OR length(idempotency_abandon.key) NOT BETWEEN 1 AND 255 THEN
+        PERFORM pgrelay._raise('PR001', 'pgrelay.idempotency_abandon', 'key', 'must be 1-255 characters');
+    END IF;
+    PERFORM pgrelay._check_name('pgrelay.idempotency_abandon', 'scope', idempotency_abandon.scope);
     DELETE FROM pgrelay.idempotency_keys k
-    WHERE k.scope = idempotency_abandon.scope AND k.key = idempotency_abandon.key AND k.status = 'in_progress'
-    RETURNING true
+    WHERE k.scope = idempotency_abandon.scope AND k.key = idempotency_abandon.key AND k.status = 'in_progress';
+    RETURN FOUND;
+END;
 $$;
 
 -- pgrelay.idempotency_expire(): delete expired keys. Returns how many.

@@ -143,6 +143,7 @@ LANGUAGE plpgsql
 AS $$
 #variable_conflict use_column
 BEGIN
+    PERFORM pgrelay._check_name('pgrelay.projection_drop', 'name', projection_drop.name);
     DELETE FROM pgrelay.projections p WHERE p.name = projection_drop.name;
     IF NOT FOUND THEN
         PERFORM pgrelay._raise('PR003', 'pgrelay.projection_drop', 'name', format('names no projection: %L', projection_drop.name));
