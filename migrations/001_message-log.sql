@@ -5,11 +5,13 @@
 --               serialised by a lock (row lock, expected version, or publish's advisory lock).
 --   xid       - the publishing transaction's id (xid8). Readers walk (xid, position) and stop at
 --               the visibility horizon, so a transaction that commits late is never skipped.
---   next_xid  - the first unassigned transaction id read just after the position was taken. Any
---               message with a smaller position belongs to a transaction with a smaller xid, so
---               only xids in (xid, next_xid) can hold a same-key message that must go first.
---               NULL when published under REPEATABLE READ / SERIALIZABLE (no fresh reading is
---               possible there): readers then search all younger xids for that key.
+--   next_xid  - the xmax of a snapshot taken when the message was written (after any lock the
+--               publisher waited for): above the xid of every transaction that had completed by
+--               then. A serialised earlier publisher of the same key completed before this one
+--               wrote, so only xids in (xid, next_xid) can hold a same-key message that must go
+--               first. NULL under REPEATABLE READ / SERIALIZABLE (the snapshot is the
+--               transaction's first): readers then search all younger xids for that key.
+--               Unserialised publishers of a key get causal order only (see README).
 -- Functions live in sql/functions and are reinstalled after migrations run.
 
 -- Up Migration

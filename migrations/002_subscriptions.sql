@@ -40,6 +40,10 @@ CREATE TABLE pgrelay.subscription_partitions (
     inflight_positions bigint[]   NOT NULL DEFAULT '{}',
     -- The retries (by position) handed out in the batch in flight.
     inflight_retries  bigint[]    NOT NULL DEFAULT '{}',
+    -- Messages pulled ahead of the walk into the batch in flight (a same-key predecessor of a
+    -- batch member that the walk has not reached yet).
+    inflight_ahead_xids      xid8[]   NOT NULL DEFAULT '{}',
+    inflight_ahead_positions bigint[] NOT NULL DEFAULT '{}',
     last_fetch_at     timestamptz,
     delivered_count   bigint      NOT NULL DEFAULT 0,
     failed_count      bigint      NOT NULL DEFAULT 0,

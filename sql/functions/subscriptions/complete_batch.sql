@@ -46,7 +46,7 @@ BEGIN
         PERFORM pgrelay._raise('PR001', v_fn, 'errors', 'must hold one reason per failed position');
     END IF;
     SELECT p INTO v_bad FROM unnest(complete_batch.acked || complete_batch.failed) AS p
-    WHERE p IS NULL OR p NOT IN (SELECT unnest(v_part.inflight_positions || v_part.inflight_retries))
+    WHERE p IS NULL OR p NOT IN (SELECT unnest(v_part.inflight_positions || v_part.inflight_retries || v_part.inflight_ahead_positions))
     LIMIT 1;
     IF FOUND THEN
         PERFORM pgrelay._raise('PR001', v_fn, CASE WHEN v_bad = ANY (complete_batch.failed) THEN 'failed' ELSE 'acked' END,
@@ -59,12 +59,18 @@ BEGIN
 
     -- The common case: no failure, no retry, every message of the batch acknowledged.
     IF cardinality(complete_batch.failed) = 0 AND cardinality(v_part.inflight_retries) = 0
-       AND cardinality(complete_batch.acked) = cardinality(v_part.inflight_positions)
-       AND (SELECT count(DISTINCT p) FROM unnest(complete_batch.acked) AS p) = cardinality(v_part.inflight_positions) THEN
+       AND cardinality(complete_batch.acked) = cardinality(v_part.inflight_positions) + cardinality(v_part.inflight_ahead_positions)
+       AND (SELECT count(DISTINCT p) FROM unnest(complete_batch.acked) AS p)
+           = cardinality(v_part.inflight_positions) + cardinality(v_part.inflight_ahead_positions) THEN
         v_i := cardinality(v_part.inflight_positions);
         IF v_i > 0 THEN
             v_cursor_xid := v_part.inflight_xids[v_i];
             v_cursor_pos := v_part.inflight_positions[v_i];
+            INSERT INTO pgrelay.delivered_ahead (subscription, partition_index, xid, position)
+            SELECT v_sub.name, v_part.partition_index, a.xid, a.position
+            FROM unnest(v_part.inflight_ahead_xids, v_part.inflight_ahead_positions) AS a(xid, position)
+            WHERE (a.xid, a.position) > (v_cursor_xid, v_cursor_pos)
+            ON CONFLICT DO NOTHING;
             DELETE FROM pgrelay.delivered_ahead d
              WHERE d.subscription = v_sub.name AND d.partition_index = v_part.partition_index
                AND (d.xid, d.position) <= (v_cursor_xid, v_cursor_pos);
@@ -76,7 +82,8 @@ BEGIN
            SET cursor_xid = v_cursor_xid, cursor_position = v_cursor_pos,
                lease_owner = NULL, lease_expires_at = NULL,
                inflight_xids = '{}', inflight_positions = '{}', inflight_retries = '{}',
-               delivered_count = p.delivered_count + v_i,
+               inflight_ahead_xids = '{}', inflight_ahead_positions = '{}',
+               delivered_count = p.delivered_count + v_i + cardinality(v_part.inflight_ahead_positions),
                last_delivered_at = CASE WHEN v_i > 0 THEN clock_timestamp() ELSE p.last_delivered_at END
          WHERE p.subscription = v_sub.name AND p.partition_index = v_part.partition_index;
         RETURN;
@@ -169,6 +176,48 @@ BEGIN
         END IF;
     END LOOP;
 
+    -- Messages pulled ahead of the walk. Whatever is done with one (acknowledged, retrying,
+    -- parked, dead) is remembered in delivered_ahead so the walk skips it when it gets there;
+    -- one not attempted and not behind a failure comes again.
+    FOR v_i IN 1 .. cardinality(v_part.inflight_ahead_positions) LOOP
+        v_position := v_part.inflight_ahead_positions[v_i];
+        SELECT m.position, m.xid, m.id, m.topic, m.key, m.type, m.data, m.metadata, m.created_at
+          INTO v_message
+          FROM pgrelay.messages m
+         WHERE m.xid = v_part.inflight_ahead_xids[v_i] AND m.position = v_position;
+        IF v_position = ANY (complete_batch.acked) THEN
+            v_acked_n := v_acked_n + 1;
+        ELSIF v_position = ANY (complete_batch.failed) THEN
+            v_error := complete_batch.errors[array_position(complete_batch.failed, v_position)];
+            v_failed_n := v_failed_n + 1;
+            IF v_sub.max_attempts <= 1 THEN
+                INSERT INTO pgrelay.dead_letters (subscription, position, xid, message, attempts, last_error)
+                VALUES (v_sub.name, v_position, v_message.xid, v_message, 1, v_error)
+                ON CONFLICT (subscription, position) DO NOTHING;
+                v_dead_n := v_dead_n + 1;
+            ELSE
+                INSERT INTO pgrelay.retries (subscription, partition_index, chain, position, xid, message, attempts,
+                                             next_attempt_at, last_error)
+                VALUES (v_sub.name, v_part.partition_index, pgrelay._chain_of(v_message.topic, v_message.key, v_position), v_position,
+                        v_message.xid, v_message, 1, pgrelay._next_attempt_at(v_sub.backoff, 1), v_error)
+                ON CONFLICT (subscription, position) DO NOTHING;
+                v_chains := v_chains || pgrelay._chain_of(v_message.topic, v_message.key, v_position);
+            END IF;
+        ELSIF NOT EXISTS (SELECT 1 FROM pgrelay.retries r WHERE r.subscription = v_sub.name AND r.position = v_position)
+              AND EXISTS (SELECT 1 FROM pgrelay.retries r
+                          WHERE r.subscription = v_sub.name AND r.partition_index = v_part.partition_index
+                            AND r.chain = pgrelay._chain_of(v_message.topic, v_message.key, v_position)) THEN
+            INSERT INTO pgrelay.retries (subscription, partition_index, chain, position, xid, message)
+            VALUES (v_sub.name, v_part.partition_index, pgrelay._chain_of(v_message.topic, v_message.key, v_position), v_position,
+                    v_message.xid, v_message);
+        ELSIF NOT EXISTS (SELECT 1 FROM pgrelay.retries r WHERE r.subscription = v_sub.name AND r.position = v_position) THEN
+            CONTINUE; -- not attempted: it comes again
+        END IF;
+        INSERT INTO pgrelay.delivered_ahead (subscription, partition_index, xid, position)
+        VALUES (v_sub.name, v_part.partition_index, v_message.xid, v_position)
+        ON CONFLICT DO NOTHING;
+    END LOOP;
+
     PERFORM pgrelay._promote_chain(v_sub.name, v_part.partition_index, c)
     FROM (SELECT DISTINCT c FROM unnest(v_chains) AS c) AS chains;
 
@@ -180,6 +229,7 @@ BEGIN
        SET cursor_xid = v_cursor_xid, cursor_position = v_cursor_pos,
            lease_owner = NULL, lease_expires_at = NULL,
            inflight_xids = '{}', inflight_positions = '{}', inflight_retries = '{}',
+           inflight_ahead_xids = '{}', inflight_ahead_positions = '{}',
            delivered_count = p.delivered_count + v_acked_n,
            failed_count = p.failed_count + v_failed_n,
            dead_count = p.dead_count + v_dead_n,

@@ -3,7 +3,7 @@
 -- never concurrently). Returns nothing when no partition is free or has work.
 --
 -- The batch holds the due heads of the partition's retry chains and the next gapless read of
--- the log (pgrelay._read_batch). Log messages whose key has a pending retry are parked behind it
+-- the log (pgrelay._read_pull: a walk window plus same-key predecessors pulled ahead of it). Log messages whose key has a pending retry are parked behind it
 -- instead of being handed out. The lease lasts the subscription's lease_seconds and carries a
 -- fencing token (lease_token): pass it to complete/extend_lease. A lease that expires is taken
 -- over by the next fetch, and its batch is delivered again (at least once).
@@ -23,6 +23,7 @@ DECLARE
     v_part     pgrelay.subscription_partitions;
     v_limit    integer;
     v_walk     pgrelay.message_record[];
+    v_ahead    pgrelay.message_record[];
     v_retries  pgrelay.retries[];
     v_out      pgrelay.delivery[];
     v_chains   text[];
@@ -64,12 +65,16 @@ BEGIN
         FROM pgrelay.retries r
         WHERE r.subscription = v_sub.name AND r.partition_index = v_part.partition_index;
 
-        -- The next gapless batch of the log, in walk order.
-        v_walk := pgrelay._read_walk(
+        -- The next gapless window of the log (walk order) and the same-key predecessors pulled
+        -- ahead of the walk so that its keys go out in position order without waiting.
+        SELECT coalesce(array_agg(r.message ORDER BY (r.message).xid, (r.message).position) FILTER (WHERE r.walk), '{}'),
+               coalesce(array_agg(r.message) FILTER (WHERE NOT r.walk), '{}')
+          INTO v_walk, v_ahead
+          FROM pgrelay._read_pull(
             v_part.cursor_xid, v_part.cursor_position, greatest(v_limit - cardinality(v_retries), 1),
             v_sub.topics, v_part.partition_index, v_sub.partitions,
             coalesce((SELECT array_agg(d.position) FROM pgrelay.delivered_ahead d
-                      WHERE d.subscription = v_sub.name AND d.partition_index = v_part.partition_index), '{}'));
+                      WHERE d.subscription = v_sub.name AND d.partition_index = v_part.partition_index), '{}')) AS r;
 
         SELECT coalesce(array_agg(ROW(v_sub.name, v_part.partition_index, 0, r.attempts + 1,
                                       (r.message).position, (r.message).xid, (r.message).id, (r.message).topic,
@@ -83,20 +88,20 @@ BEGIN
             INSERT INTO pgrelay.retries (subscription, partition_index, chain, position, xid, message)
             SELECT v_sub.name, v_part.partition_index, pgrelay._chain_of(m.topic, m.key, m.position), m.position, m.xid,
                    ROW(m.position, m.xid, m.id, m.topic, m.key, m.type, m.data, m.metadata, m.created_at)::pgrelay.message_record
-            FROM unnest(v_walk) AS m
+            FROM unnest(v_walk || v_ahead) AS m
             WHERE m.key IS NOT NULL AND pgrelay._chain_of(m.topic, m.key, m.position) = ANY (v_chains)
             ON CONFLICT ON CONSTRAINT retries_pkey DO NOTHING;
             v_out := v_out || ARRAY(
                 SELECT ROW(v_sub.name, v_part.partition_index, 0, 1, m.position, m.xid, m.id, m.topic, m.key, m.type,
                            m.data, m.metadata, m.created_at)::pgrelay.delivery
-                FROM unnest(v_walk) AS m
+                FROM unnest(v_walk || v_ahead) AS m
                 WHERE NOT EXISTS (SELECT 1 FROM pgrelay.retries r WHERE r.subscription = v_sub.name AND r.position = m.position)
                 ORDER BY m.position);
         ELSE
             v_out := v_out || ARRAY(
                 SELECT ROW(v_sub.name, v_part.partition_index, 0, 1, m.position, m.xid, m.id, m.topic, m.key, m.type,
                            m.data, m.metadata, m.created_at)::pgrelay.delivery
-                FROM unnest(v_walk) AS m
+                FROM unnest(v_walk || v_ahead) AS m
                 ORDER BY m.position);
         END IF;
 
@@ -118,6 +123,8 @@ BEGIN
                inflight_xids = ARRAY(SELECT w.xid FROM unnest(v_walk) AS w),
                inflight_positions = ARRAY(SELECT w.position FROM unnest(v_walk) AS w),
                inflight_retries = ARRAY(SELECT r.position FROM unnest(v_retries) AS r),
+               inflight_ahead_xids = ARRAY(SELECT a.xid FROM unnest(v_ahead) AS a),
+               inflight_ahead_positions = ARRAY(SELECT a.position FROM unnest(v_ahead) AS a),
                last_fetch_at = clock_timestamp()
          WHERE p.subscription = v_sub.name AND p.partition_index = v_part.partition_index
         RETURNING p.lease_token INTO v_token;

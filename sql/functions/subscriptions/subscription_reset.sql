@@ -35,7 +35,8 @@ BEGIN
                              ELSE (v_xid::text::numeric - 1)::text::xid8 END,
            cursor_position = CASE WHEN v_xid IS NULL OR v_xid = '0' THEN 0 ELSE 9223372036854775807 END,
            lease_owner = NULL, lease_expires_at = NULL, lease_token = p.lease_token + 1,
-           inflight_xids = '{}', inflight_positions = '{}'
+           inflight_xids = '{}', inflight_positions = '{}', inflight_retries = '{}',
+           inflight_ahead_xids = '{}', inflight_ahead_positions = '{}'
      WHERE p.subscription = v_sub.name;
     DELETE FROM pgrelay.delivered_ahead d WHERE d.subscription = v_sub.name;
     DELETE FROM pgrelay.retries r WHERE r.subscription = v_sub.name;
