@@ -1,0 +1,63 @@
+import { createRelayService, type RelayService } from './service.js';
+import { defaultSinks } from './sinks.js';
+import { createMetrics } from './metrics.js';
+import { createHttpServer } from './http.js';
+import { createLogger } from './logger.js';
+import type { SinkRegistry } from './sink.js';
+
+export type DaemonOptions = {
+  connectionString: string;
+  /** HTTP port for /healthz and /metrics; 0 picks one; null disables. Default 9187. */
+  port?: number | null;
+  host?: string;
+  only?: readonly string[];
+  sinks?: SinkRegistry;
+  idlePollMs?: number;
+};
+
+export type Daemon = { service: RelayService; port: number | null; stop(): Promise<void> };
+
+/** Starts the relay with its HTTP endpoints and JSON logs. */
+export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
+  const log = createLogger();
+  const metrics = createMetrics();
+  const service = createRelayService({
+    connectionString: options.connectionString,
+    sinks: options.sinks ?? defaultSinks,
+    metrics: metrics.relay,
+    log,
+    only: options.only,
+    idlePollMs: options.idlePollMs,
+  });
+  await service.start();
+  let http: ReturnType<typeof createHttpServer> | undefined;
+  let port: number | null = null;
+  if (options.port !== null) {
+    http = createHttpServer({ port: options.port ?? 9187, host: options.host, health: () => service.health(), metrics });
+    port = (await http.listen()).port;
+    log.info({ port }, 'http endpoints /healthz and /metrics listening');
+  }
+  return {
+    service,
+    port,
+    stop: async () => {
+      await service.stop();
+      await http?.close();
+    },
+  };
+}
+
+/** `pgrelay daemon`: runs until SIGTERM/SIGINT, then finishes in-flight batches and exits 0. */
+export async function runDaemon(options: DaemonOptions): Promise<void> {
+  const daemon = await startDaemon(options);
+  await new Promise<void>((resolve) => {
+    const shutdown = (): void => {
+      process.off('SIGTERM', shutdown);
+      process.off('SIGINT', shutdown);
+      resolve();
+    };
+    process.on('SIGTERM', shutdown);
+    process.on('SIGINT', shutdown);
+  });
+  await daemon.stop();
+}
