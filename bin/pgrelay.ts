@@ -84,7 +84,13 @@ async function main(argv: readonly string[]): Promise<number> {
     }
     case 'status':
       return withClient(args, async (client) => {
-        out({ version: await client.version(), subscriptions: await client.subscriptions.list(), lag: await client.subscriptions.lag() });
+        out({
+          version: await client.version(),
+          subscriptions: await client.subscriptions.list(),
+          lag: await client.subscriptions.lag(),
+          projections: await client.projections.lag(),
+          horizon_stall: await client.horizonStall(),
+        });
         return 0;
       });
     case 'subscribe':

@@ -1,6 +1,6 @@
 import { sql, type CommonQueryMethods, type DatabasePool } from 'slonik';
 import { createPgrelayPool, type PoolOptions } from './pool.js';
-import { publish, publishMany, read, versionSchema, type ReadOptions } from './log.js';
+import { horizonStall, publish, publishMany, read, versionSchema, type HorizonStall, type ReadOptions } from './log.js';
 import type { Cursor, Message, PublishInput, PublishOptions } from './schemas.js';
 import { subscriptionMethods, type SubscriptionMethods } from './subscriptions.js';
 import { startConsumer, type ConsumeOptions, type Consumer, type Handler } from './consume.js';
@@ -51,6 +51,8 @@ export type PgrelayClient = {
   readonly streams: StreamMethods;
   /** Projections (read models fed by the log): define, run, catchUp, rebuild, drop, lag. */
   readonly projections: ProjectionMethods;
+  /** What holds the read horizon back (pgrelay.log_stall()): long open transactions stall every reader. */
+  horizonStall(): Promise<HorizonStall[]>;
   /** The installed pgrelay version (pgrelay.version()). */
   version(): Promise<string>;
   /** Closes the pool if this client created it. */
@@ -81,6 +83,7 @@ function bind(
     idempotent: (key, request, fn, options) => idempotent(connection, key, request, fn, options),
     streams: streamMethods(connection),
     projections: projectionMethods(connection),
+    horizonStall: () => horizonStall(connection),
     version: () => connection.oneFirst(sql.type(versionSchema)`SELECT pgrelay.version() AS version`),
     end,
   };

@@ -75,3 +75,24 @@ export async function read(
 }
 
 export const versionSchema = z.object({ version: z.string() });
+
+export const stallSchema = z.object({
+  horizon_xid: z.string(),
+  seconds: z.number().nullable(),
+  pid: z.number().nullable(),
+  application_name: z.string().nullable(),
+  state: z.string().nullable(),
+  prepared_gid: z.string().nullable(),
+});
+export type HorizonStall = z.infer<typeof stallSchema>;
+
+/** What holds readers' horizon back: the oldest open transactions with an xid (or prepared ones). */
+export async function horizonStall(connection: CommonQueryMethods): Promise<HorizonStall[]> {
+  return [
+    ...(await mapErrors(() =>
+      connection.any(sql.type(stallSchema)`
+        SELECT horizon_xid::text AS horizon_xid, seconds, pid, application_name, state, prepared_gid
+        FROM pgrelay.log_stall() ORDER BY seconds DESC NULLS LAST`),
+    )),
+  ];
+}

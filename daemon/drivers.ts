@@ -1,8 +1,11 @@
 import { sql, type DatabasePool } from 'slonik';
 import { z } from 'zod';
 import type { Waker } from '../client/index.js';
-import { createTargetPools, listSyncs, runLocalSync, runSyncStep } from './sync-runner.js';
+import { createTargetPools, listSyncs, runLocalSync, runSyncStep, syncCheckpoint } from './sync-runner.js';
 import type { Log } from './service.js';
+import type { RelayMetrics } from './metrics-types.js';
+
+const lagSchema = z.object({ pending: z.string(), lag_seconds: z.number() });
 
 const countSchema = z.object({ n: z.number() });
 const nameSchema = z.object({ name: z.string() });
@@ -19,6 +22,7 @@ export function startDrivers(options: {
   waker?: Waker;
   log: Log;
   env: NodeJS.ProcessEnv;
+  metrics?: RelayMetrics;
   intervalMs?: number;
   sagas?: boolean;
   projections?: boolean;
@@ -69,9 +73,15 @@ export function startDrivers(options: {
       if (sync.paused) continue;
       const variable = sync.target.database_env;
       try {
-        total += typeof variable === 'string'
-          ? await runSyncStep(pool, await targets.get(variable), sync)
-          : await runLocalSync(pool, sync.name);
+        const target = typeof variable === 'string' ? await targets.get(variable) : pool;
+        total += typeof variable === 'string' ? await runSyncStep(pool, target, sync) : await runLocalSync(pool, sync.name);
+        if (options.metrics !== undefined) {
+          const cursor = await syncCheckpoint(target, sync.name);
+          const lag = await pool.one(sql.type(lagSchema)`
+            SELECT pending::text AS pending, lag_seconds
+            FROM pgrelay.log_lag(${sql.array(sync.topics, 'text')}, ${cursor.xid}::xid8, ${cursor.position}::bigint)`);
+          options.metrics.setSyncLag(sync.name, Number(lag.pending), lag.lag_seconds);
+        }
       } catch (error) {
         stats.errors += 1;
         log.warn({ sync: sync.name, err: String(error) }, 'sync step failed');

@@ -8,4 +8,6 @@ export type RelayMetrics = {
   /** Refreshed periodically from pgrelay.subscription_lag() and pgrelay.log_stall(). */
   setLag(subscription: string, partition: number, pendingMessages: number, lagSeconds: number): void;
   setHorizonStall(seconds: number, pid: number | null): void;
+  /** A sync's lag: source messages after its checkpoint and the age of the oldest. */
+  setSyncLag(sync: string, pendingMessages: number, lagSeconds: number): void;
 };

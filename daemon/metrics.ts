@@ -21,6 +21,9 @@ export function createMetrics() {
   const stallSeconds = new Gauge({ name: 'pgrelay_horizon_stall_seconds', help: 'How long the oldest open transaction has held the read horizon', registers: [registry] });
   const stallPid = new Gauge({ name: 'pgrelay_horizon_stall_pid', help: 'Backend pid holding the read horizon (0: none or a prepared transaction)', registers: [registry] });
 
+  const syncPending = new Gauge({ name: 'pgrelay_sync_lag_messages', help: 'Source messages a sync has not applied', labelNames: ['sync'], registers: [registry] });
+  const syncSeconds = new Gauge({ name: 'pgrelay_sync_lag_seconds', help: 'Age of the oldest source message a sync has not applied', labelNames: ['sync'], registers: [registry] });
+
   const relay: RelayMetrics = {
     delivered: (subscription, count) => delivered.inc({ subscription }, count),
     failed: (subscription, count) => failed.inc({ subscription }, count),
@@ -33,6 +36,10 @@ export function createMetrics() {
     setHorizonStall: (seconds, pid) => {
       stallSeconds.set(seconds);
       stallPid.set(pid ?? 0);
+    },
+    setSyncLag: (sync, pending, seconds) => {
+      syncPending.set({ sync }, pending);
+      syncSeconds.set({ sync }, seconds);
     },
   };
   return { registry, relay, render: () => registry.metrics(), contentType: registry.contentType };

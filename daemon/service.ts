@@ -178,7 +178,7 @@ export function createRelayService(options: RelayServiceOptions): RelayService {
       await refresh(pool);
       await refreshLag(pool).catch((error) => log.warn({ err: String(error) }, 'lag refresh failed'));
       schedule(pool);
-      if (options.drivers !== false) drivers = startDrivers({ pool, waker, log, env });
+      if (options.drivers !== false) drivers = startDrivers({ pool, waker, log, env, metrics: options.metrics });
       log.info({ consumer, subscriptions: [...running.keys()] }, 'relay started');
     },
     stop: async () => {
