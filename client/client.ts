@@ -11,6 +11,7 @@ import { createInboxHandler, type InboxHandler } from './inbox-handler.js';
 import { idempotencyMethods, idempotent, type IdempotencyMethods, type IdempotentOptions } from './idempotency.js';
 import { streamMethods, type StreamMethods } from './events.js';
 import { projectionMethods, type ProjectionMethods } from './projections.js';
+import { sagaMethods, type SagaMethods } from './sagas.js';
 
 export type ClientOptions =
   | ({ connectionString: string } & PoolOptions)
@@ -51,6 +52,8 @@ export type PgrelayClient = {
   readonly streams: StreamMethods;
   /** Projections (read models fed by the log): define, run, catchUp, rebuild, drop, lag. */
   readonly projections: ProjectionMethods;
+  /** Sagas: define, start, status, cancel, retry, skip, resolve, tick; lease/complete/fail/heartbeat for workers. */
+  readonly sagas: SagaMethods;
   /** What holds the read horizon back (pgrelay.log_stall()): long open transactions stall every reader. */
   horizonStall(): Promise<HorizonStall[]>;
   /** The installed pgrelay version (pgrelay.version()). */
@@ -83,6 +86,7 @@ function bind(
     idempotent: (key, request, fn, options) => idempotent(connection, key, request, fn, options),
     streams: streamMethods(connection),
     projections: projectionMethods(connection),
+    sagas: sagaMethods(connection),
     horizonStall: () => horizonStall(connection),
     version: () => connection.oneFirst(sql.type(versionSchema)`SELECT pgrelay.version() AS version`),
     end,

@@ -63,3 +63,25 @@ export {
   type TypedEvent,
 } from './events.js';
 export { projectionMethods, projectionLagSchema, type ProjectionLag, type ProjectionMethods, type ProjectionDefineOptions } from './projections.js';
+export {
+  sagaMethods,
+  sagaStatusSchema,
+  sagaStepStatusSchema,
+  sagaTaskRowSchema,
+  TERMINAL_SAGA_STATUSES,
+  type SagaMethods,
+  type SagaDefinitionJson,
+  type SagaStepJson,
+  type SagaHandlerRef,
+  type SagaStatus,
+  type SagaStatusName,
+  type SagaStepStatus,
+  type SagaStepStatusName,
+  type SagaTask,
+  type SagaTaskRef,
+  type SagaTaskOutcome,
+  type SagaStartOptions,
+  type SagaLike,
+} from './sagas.js';
+export { defineSaga, NonRetryableError, type Saga, type SagaStepOptions, type DefineSagaOptions, type StepHandler, type StepRun } from './define-saga.js';
+export { createSagaWorker, type SagaWorker, type SagaWorkerOptions, type SagaWorkerStats, type SagaWorkerLogger } from './saga-worker.js';
