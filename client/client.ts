@@ -3,7 +3,7 @@ import { createPgrelayPool, type PoolOptions } from './pool.js';
 import { horizonStall, publish, publishMany, read, versionSchema, type HorizonStall, type ReadOptions } from './log.js';
 import type { Cursor, Message, PublishInput, PublishOptions } from './schemas.js';
 import { subscriptionMethods, type SubscriptionMethods } from './subscriptions.js';
-import { startConsumer, type ConsumeOptions, type Consumer, type Handler } from './consume.js';
+import { consume, type ConsumeOptions, type Consumer, type Handler } from './consume.js';
 import { createWaker, type Waker } from './waker.js';
 import { syncMethods, type SyncMethods } from './sync.js';
 import { inboxMethods, type InboxMethods } from './inbox.js';
@@ -77,7 +77,7 @@ function bind(
     syncs: syncMethods(connection),
     // Without inbox the overloads only admit a plain Handler, hence the cast.
     consume: async (subscription: string, handler: Handler | InboxHandler, options: ConsumeOptions & { inbox?: boolean } = {}) =>
-      startConsumer(connection, subscription, options.inbox === true ? createInboxHandler(connection, subscription, handler) : (handler as Handler), {
+      consume(connection, subscription, options.inbox === true ? createInboxHandler(connection, subscription, handler) : (handler as Handler), {
         waker: options.waker ?? (await waker()),
         ...options,
       }),

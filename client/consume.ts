@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import { sql, type CommonQueryMethods } from 'slonik';
 import { z } from 'zod';
-import { LeaseLostError, mapError, mapErrors } from './errors.js';
+import { LeaseLostError, NotFoundError, mapError, mapErrors } from './errors.js';
 import { messageSchema, type Message } from './schemas.js';
 import type { Waker } from './waker.js';
 
@@ -36,6 +36,11 @@ export type ConsumeOptions = {
   keyConcurrency?: number;
   /** Safety poll when idle (NOTIFY is only a doorbell). Default 1000 ms. */
   idlePollMs?: number;
+  /**
+   * How often a batch still being delivered extends its lease. Default a third of the
+   * subscription's lease_seconds, so a slow batch keeps its lease through two missed beats.
+   */
+  heartbeatMs?: number;
   /** Wake-ups on NOTIFY; without one the consumer polls every idlePollMs. */
   waker?: Waker;
   /** Called after each batch completes. */
@@ -180,6 +185,32 @@ export function createIdleWait(connection: CommonQueryMethods, waker: Waker | un
   };
 }
 
+const leaseSchema = z.object({ lease_seconds: z.number() });
+
+/** The subscription's lease_seconds; NotFoundError (PR003) when no subscription has that name. */
+export function subscriptionLeaseSeconds(connection: CommonQueryMethods, subscription: string): Promise<number> {
+  return mapErrors(async () => {
+    const seconds = await connection.maybeOneFirst(sql.type(leaseSchema)`
+      SELECT lease_seconds::float8 AS lease_seconds FROM pgrelay.subscriptions WHERE name = ${subscription}`);
+    if (seconds === null) {
+      throw new NotFoundError(`consume: argument subscription names no subscription: '${subscription}'`, 'PR003', 'subscription');
+    }
+    return seconds;
+  });
+}
+
+/** A third of lease_seconds (at least 100 ms): the lease survives two missed beats. */
+export const heartbeatFor = (leaseSeconds: number): number => Math.max(100, Math.floor((leaseSeconds * 1000) / 3));
+
+/**
+ * Checks that the subscription exists (NotFoundError, PR003, otherwise) and starts its pull
+ * loop(s), heartbeating at a third of its lease_seconds unless options.heartbeatMs says otherwise.
+ */
+export async function consume(connection: CommonQueryMethods, subscription: string, handler: Handler, options: ConsumeOptions = {}): Promise<Consumer> {
+  const leaseSeconds = await subscriptionLeaseSeconds(connection, subscription);
+  return startConsumer(connection, subscription, handler, { heartbeatMs: heartbeatFor(leaseSeconds), ...options });
+}
+
 /** Runs a subscription's pull loop(s) in process until stop(). */
 export function startConsumer(connection: CommonQueryMethods, subscription: string, handler: Handler, options: ConsumeOptions = {}): Consumer {
   const consumer = options.consumer ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
@@ -187,6 +218,14 @@ export function startConsumer(connection: CommonQueryMethods, subscription: stri
   const idlePollMs = options.idlePollMs ?? 1000;
   const stats = { batches: 0, delivered: 0, failed: 0, leaseLost: 0 };
   let stopping = false;
+  // Without heartbeatMs, learnt from the subscription once (again after a failed look-up).
+  let heartbeatMs: Promise<number> | undefined = options.heartbeatMs === undefined ? undefined : Promise.resolve(options.heartbeatMs);
+  const heartbeatEvery = (): Promise<number> =>
+    (heartbeatMs ??= subscriptionLeaseSeconds(connection, subscription).then(heartbeatFor, (error: unknown) => {
+      heartbeatMs = undefined;
+      report(error);
+      return 5_000;
+    }));
 
   const report = (error: unknown): void => {
     if (options.onError) options.onError(error);
@@ -219,7 +258,7 @@ export function startConsumer(connection: CommonQueryMethods, subscription: stri
       const first = deliveries[0]!;
       const heartbeat = setInterval(() => {
         extendLease(connection, first).catch(report);
-      }, 5_000);
+      }, await heartbeatEvery());
       let outcome: BatchOutcome;
       try {
         outcome = await deliverBatch(deliveries, handler, keyConcurrency);

@@ -57,7 +57,7 @@ export type RelayService = {
 const quiet: Log = { info: () => {}, warn: () => {}, error: () => {} };
 
 const fingerprint = (subscription: Subscription): string =>
-  JSON.stringify([subscription.topics, subscription.sink, subscription.partitions, subscription.batch_size]);
+  JSON.stringify([subscription.topics, subscription.sink, subscription.partitions, subscription.batch_size, subscription.lease_seconds]);
 
 const stallSchema = z.object({ seconds: z.number().nullable(), pid: z.number().nullable() });
 
@@ -93,6 +93,8 @@ export function createRelayService(options: RelayServiceOptions): RelayService {
       concurrency: subscription.partitions,
       waker,
       idlePollMs: options.idlePollMs ?? 1000,
+      // A third of the lease: a slow batch (a sink taking its time) keeps its partition.
+      heartbeatMs: Math.max(100, Math.floor((subscription.lease_seconds * 1000) / 3)),
       keyConcurrency: Number(subscription.sink.concurrency ?? 16),
       onBatch: (outcome, deliveries) => {
         if (metrics === undefined) return;
