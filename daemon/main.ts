@@ -47,17 +47,36 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   };
 }
 
-/** `pgrelay daemon`: runs until SIGTERM/SIGINT, then finishes in-flight batches and exits 0. */
-export async function runDaemon(options: DaemonOptions): Promise<void> {
+/**
+ * `pgrelay daemon`: runs until SIGTERM/SIGINT, then finishes in-flight batches and resolves.
+ * If they are not finished within shutdownGraceMs (default 25 s, under the usual 30 s a
+ * supervisor waits), or a second signal arrives, it resolves anyway: batches not completed are
+ * delivered again once their leases expire (at least once). Resolves with the exit code.
+ */
+export async function runDaemon(options: DaemonOptions & { shutdownGraceMs?: number }): Promise<number> {
   const daemon = await startDaemon(options);
+  let hurry: () => void = () => {};
+  const hurried = new Promise<'hurried'>((resolve) => {
+    hurry = () => resolve('hurried');
+  });
   await new Promise<void>((resolve) => {
     const shutdown = (): void => {
       process.off('SIGTERM', shutdown);
       process.off('SIGINT', shutdown);
+      process.once('SIGTERM', hurry);
+      process.once('SIGINT', hurry);
       resolve();
     };
     process.on('SIGTERM', shutdown);
     process.on('SIGINT', shutdown);
   });
-  await daemon.stop();
+  let timer: NodeJS.Timeout | undefined;
+  const graceOver = new Promise<'grace over'>((resolve) => {
+    timer = setTimeout(() => resolve('grace over'), options.shutdownGraceMs ?? 25_000);
+  });
+  const outcome = await Promise.race([daemon.stop().then(() => 'stopped' as const), hurried, graceOver]);
+  clearTimeout(timer);
+  if (outcome === 'stopped') return 0;
+  createLogger().warn({ reason: outcome }, 'shutdown did not finish: unfinished batches will be delivered again');
+  return 1;
 }

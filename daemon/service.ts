@@ -39,6 +39,8 @@ export type RelayServiceOptions = {
   idlePollMs?: number;
   /** Pool size; default 10. */
   maximumPoolSize?: number;
+  /** How long /healthz waits for the database before saying unhealthy. Default 3000 ms. */
+  healthTimeoutMs?: number;
   /** Drive sagas, projections and syncs too (default true). */
   drivers?: boolean;
   env?: NodeJS.ProcessEnv;
@@ -66,6 +68,7 @@ export function createRelayService(options: RelayServiceOptions): RelayService {
   const consumer = options.consumer ?? `pgrelay-daemon-${hostname()}-${process.pid}-${randomUUID().slice(0, 6)}`;
   const log = options.log ?? quiet;
   const env = options.env ?? process.env;
+  const healthTimeoutMs = options.healthTimeoutMs ?? 3000;
   const running = new Map<string, Running>();
   let pool: DatabasePool | undefined;
   let waker: Waker | undefined;
@@ -187,18 +190,34 @@ export function createRelayService(options: RelayServiceOptions): RelayService {
       stopped = true;
       clearInterval(refreshTimer);
       clearInterval(lagTimer);
-      await refreshing;
-      await Promise.all([...running.keys()].map(stopOne));
-      await drivers?.stop();
-      await waker?.close();
-      await pool?.end();
+      // Each step on its own: a connection that died just before (a LISTEN connection in the
+      // middle of reconnecting, say) must not keep the rest from being released.
+      const step = async (what: string, fn: () => Promise<unknown> | undefined): Promise<void> => {
+        try {
+          await fn();
+        } catch (error) {
+          log.warn({ err: String(error) }, `stop: ${what} failed`);
+        }
+      };
+      await step('subscription refresh', () => refreshing);
+      await Promise.all([...running.keys()].map((name) => step(`stopping ${name}`, () => stopOne(name))));
+      await step('drivers', () => drivers?.stop());
+      await step('listen connection', () => waker?.close());
+      await step('pool', () => pool?.end());
       log.info({ consumer }, 'relay stopped');
     },
     health: async () => {
       const subscriptions = [...running.keys()];
       if (pool === undefined || stopped) return { ok: false, subscriptions, consumer, error: 'not running' };
       try {
-        await pool.oneFirst(sql.type(z.object({ ok: z.number() }))`SELECT 1 AS ok`);
+        // Bounded: an unreachable server must turn into a 503, not a probe that hangs.
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([
+          pool.oneFirst(sql.type(z.object({ ok: z.number() }))`SELECT 1 AS ok`),
+          new Promise((_, reject) => {
+            timer = setTimeout(() => reject(new Error(`database did not answer within ${healthTimeoutMs} ms`)), healthTimeoutMs);
+          }),
+        ]).finally(() => clearTimeout(timer));
         return { ok: true, subscriptions, consumer };
       } catch (error) {
         return { ok: false, subscriptions, consumer, error: String(error) };
