@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 // The pgrelay CLI: thin entry points over client/ and daemon/.
-import { createClient, installScript, migrate, migrationStatus, type PgrelayClient } from '../client/index.js';
-import { runDaemon } from '../daemon/main.js';
+import { createClient, installScript, InvalidArgumentError, migrate, migrationStatus, type PgrelayClient } from '../client/index.js';
 import { flag, parseArgs, type Args } from './args.js';
 import { syncCommand } from './sync.js';
 
@@ -69,6 +68,7 @@ async function main(argv: readonly string[]): Promise<number> {
     case 'daemon': {
       const port = flag(args, 'port');
       const only = flag(args, 'only');
+      const { runDaemon } = await import('../daemon/main.js'); // other commands need none of it
       const code = await runDaemon({
         connectionString: databaseUrl(args),
         port: port === 'off' ? null : Number(port ?? 9187),
@@ -126,8 +126,12 @@ async function main(argv: readonly string[]): Promise<number> {
     case 'dead-letters':
       return withClient(args, async (client) => {
         const [name, position] = rest;
+        if (sub !== 'list' && sub !== 'retry' && sub !== 'discard') throw new Error('usage: pgrelay dead-letters list|retry|discard');
         if (sub === 'list') return out(await client.subscriptions.deadLetters(name)), 0;
-        if (name === undefined) throw new Error(`usage: pgrelay dead-letters ${sub ?? 'retry|discard'} SUBSCRIPTION [POSITION]`);
+        if (name === undefined) throw new Error(`usage: pgrelay dead-letters ${sub} SUBSCRIPTION [POSITION]`);
+        if (position !== undefined && !/^[0-9]{1,19}$/.test(position)) {
+          throw new InvalidArgumentError(`pgrelay dead-letters: argument position must be a message position (a whole number), got ${position}`, 'PR001', 'position');
+        }
         if (sub === 'retry') return out({ retried: await client.subscriptions.retryDeadLetters(name, position) }), 0;
         if (sub === 'discard') return out({ discarded: await client.subscriptions.discardDeadLetters(name, position) }), 0;
         throw new Error('usage: pgrelay dead-letters list|retry|discard');

@@ -1,0 +1,144 @@
+// DESIGN invariant 5 with the real daemon process: SIGKILL at any moment of a stream loses nothing
+// (every committed message reaches the webhook at least once, and a key's messages never overtake
+// each other, redeliveries included); connections killed with pg_terminate_backend are re-opened
+// and the daemon catches up; SIGTERM finishes the in-flight batch, releases its lease and exits 0.
+import t, { type Test } from 'tap';
+import { freshDatabase } from './helpers/db.ts';
+import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.ts';
+import { startWebhookReceiver, type WebhookReceiver } from './helpers/webhook-receiver.ts';
+import { connect, killAtEnd, perKeyOrderViolations, produce, sleep, waitUntil, type Produced } from './fixtures/daemon.ts';
+
+const KEYS = Array.from({ length: 10 }, (_, i) => `k${i}`);
+
+async function setUp(t: Test, options: { delayMs?: number; subscription: string; leaseSeconds?: number }) {
+  const db = await freshDatabase(t);
+  const receiver = await startWebhookReceiver(t, { delayMs: options.delayMs });
+  const admin = await connect(db.connectionString, 'test-admin');
+  t.teardown(() => admin.end());
+  await admin.query(`SELECT pgrelay.subscribe($1, '{orders}', $2::jsonb, $3::jsonb)`, [
+    options.subscription,
+    JSON.stringify({ type: 'webhook', url: receiver.url }),
+    JSON.stringify({ partitions: 3, batch_size: 20, lease_seconds: options.leaseSeconds ?? 2, backoff: { initial_ms: 50, max_ms: 500 } }),
+  ]);
+  const start = async (): Promise<DaemonProcess> => killAtEnd(t, await startDaemonProcess({ connectionString: db.connectionString }));
+  return { db, receiver, admin, start };
+}
+
+/** Waits until the webhook has acknowledged every committed message, then checks what it saw. */
+async function expectAllDelivered(t: Test, receiver: WebhookReceiver, produced: Produced, timeoutMs: number): Promise<void> {
+  const committed = new Set(produced.committed.map((m) => m.id));
+  const ackedIds = () => new Set(receiver.acked().map((r) => r.id));
+  await receiver.waitFor(
+    () => {
+      const acked = ackedIds();
+      return [...committed].every((id) => acked.has(id));
+    },
+    timeoutMs,
+    'every committed message acknowledged',
+  );
+  const acked = receiver.acked();
+  t.same(receiver.problems, []);
+  t.same(ackedIds(), committed, 'every committed message acknowledged at least once, nothing else');
+  t.same(
+    acked.filter((r) => produced.rolledBack.includes(r.id)),
+    [],
+    'no rolled-back message',
+  );
+  t.same(perKeyOrderViolations(acked, produced.committed), [], 'per-key order in the acknowledgement sequence');
+  t.comment(`${produced.committed.length} committed, ${acked.length} acknowledgements (${acked.length - committed.size} redeliveries)`);
+}
+
+t.test('SIGKILL mid-stream, again and again: nothing lost, key order kept', async (t) => {
+  const { db, receiver, start } = await setUp(t, { delayMs: 4, subscription: 'crashy', leaseSeconds: 1 }); // a killed daemon's leases expire fast
+  let producing = true;
+  const producing$ = produce(db.connectionString, { producers: 3, transactionsEach: 100_000, keys: KEYS, jitterMs: 20, until: () => !producing });
+  const kills: Array<number | string> = [];
+  for (let round = 0; round < 4; round += 1) {
+    const started = Date.now();
+    const daemon = await start();
+    const before = receiver.requests.length;
+    await receiver.waitFor(() => receiver.requests.length >= before + 15, 20_000, `round ${round}: the daemon delivers`);
+    await sleep(Math.random() * 200);
+    kills.push(await daemon.kill('SIGKILL'));
+    t.comment(`round ${round}: ${receiver.requests.length - before} requests in ${Date.now() - started} ms`);
+  }
+  producing = false;
+  const produced = await producing$;
+  t.same(kills, ['SIGKILL', 'SIGKILL', 'SIGKILL', 'SIGKILL'], 'killed four times');
+  t.ok(produced.committed.length > 100 && produced.rolledBack.length > 0, `${produced.committed.length} committed, some rolled back`);
+  const last = await start();
+  await expectAllDelivered(t, receiver, produced, 40_000);
+  t.equal(await last.kill('SIGTERM'), 0);
+});
+
+t.test('pg_terminate_backend on every daemon connection: it reconnects and catches up', async (t) => {
+  const { db, receiver, admin, start } = await setUp(t, { delayMs: 2, subscription: 'cut' });
+  const daemon = await start();
+  let producing = true;
+  const producing$ = produce(db.connectionString, { producers: 3, transactionsEach: 100_000, keys: KEYS, jitterMs: 20, until: () => !producing });
+  const terminated: number[] = [];
+  for (let round = 0; round < 3; round += 1) {
+    const before = receiver.requests.length;
+    await receiver.waitFor(() => receiver.requests.length >= before + 15, 20_000, `round ${round}: the daemon delivers`);
+    const { rows } = await admin.query<{ n: string }>(
+      `SELECT count(pg_terminate_backend(pid))::text AS n FROM pg_stat_activity
+        WHERE datname = current_database() AND application_name IN ('pgrelay-daemon', 'pgrelay-listen')`,
+    );
+    terminated.push(Number(rows[0]!.n));
+  }
+  producing = false;
+  const produced = await producing$;
+  t.ok(terminated.every((n) => n >= 2), `connections terminated each round: ${terminated.join(', ')}`);
+  await expectAllDelivered(t, receiver, produced, 40_000);
+  t.equal(daemon.child.exitCode, null, 'the daemon survived');
+  await daemon.waitForLog((line) => line.msg === 'listen connection lost: reconnecting', 10_000);
+  t.pass('its LISTEN connection was re-opened');
+  // Idle again: a new message still wakes it (LISTEN or safety poll on fresh connections).
+  await sleep(1500);
+  const { rows } = await admin.query<{ id: string }>(`SELECT pgrelay.publish('orders', 'k-after', 'order.changed', '{}')::text AS id`);
+  await receiver.waitFor(() => receiver.acked().some((r) => r.id === rows[0]!.id), 20_000, 'a message published after the cuts');
+  t.pass('delivers what is published afterwards');
+  t.equal(await daemon.kill('SIGTERM'), 0);
+});
+
+t.test('SIGTERM finishes the in-flight batch, releases the lease and exits 0', async (t) => {
+  const { receiver, admin, start } = await setUp(t, { delayMs: 150, subscription: 'graceful' });
+  const daemon = await start();
+  await admin.query('BEGIN');
+  const ids: string[] = [];
+  for (let i = 0; i < 12; i += 1) {
+    const { rows } = await admin.query<{ id: string }>(`SELECT pgrelay.publish('orders', 'k-one', 'order.changed', $1::jsonb)::text AS id`, [
+      JSON.stringify({ i }),
+    ]);
+    ids.push(rows[0]!.id);
+  }
+  await admin.query('COMMIT');
+  await receiver.waitFor(() => receiver.requests.length >= 1, 20_000, 'the batch is in flight');
+  const deadline = new Promise<string>((resolve) => setTimeout(() => resolve('still running after 20 s'), 20_000).unref());
+  t.equal(await Promise.race([daemon.kill('SIGTERM'), deadline]), 0, 'exit code 0');
+  t.same(
+    receiver.acked().map((r) => r.id),
+    ids,
+    'the batch was finished, in order',
+  );
+  const { rows: leases } = await admin.query<{ lease_owner: string | null }>(
+    `SELECT lease_owner FROM pgrelay.subscription_partitions WHERE subscription = 'graceful'`,
+  );
+  t.same(
+    leases.map((l) => l.lease_owner),
+    [null, null, null],
+    'no partition left leased',
+  );
+  const { rows: lag } = await admin.query<{ pending: string }>(`SELECT sum(pending)::text AS pending FROM pgrelay.subscription_lag('graceful')`);
+  t.equal(lag[0]?.pending, '0', 'the batch was completed in the database');
+  // A new daemon does not deliver the finished batch again.
+  const next = await start();
+  const { rows } = await admin.query<{ id: string }>(`SELECT pgrelay.publish('orders', 'k-one', 'order.changed', '{"i":12}')::text AS id`);
+  await receiver.waitFor(() => receiver.acked().some((r) => r.id === rows[0]!.id), 20_000, 'the next message');
+  t.same(
+    receiver.acked().map((r) => r.id),
+    [...ids, rows[0]!.id],
+    'nothing redelivered',
+  );
+  t.equal(await next.kill('SIGTERM'), 0);
+});
