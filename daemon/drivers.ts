@@ -34,21 +34,25 @@ export function startDrivers(options: {
   const targets = createTargetPools(options.env);
   let stopping = false;
 
-  const sleep = async (): Promise<void> => {
-    if (options.waker !== undefined) await options.waker.wait(intervalMs);
-    else await new Promise((resolve) => setTimeout(resolve, intervalMs));
+  const sleep = async (ms: number): Promise<void> => {
+    if (options.waker !== undefined) await options.waker.wait(ms);
+    else await new Promise((resolve) => setTimeout(resolve, ms));
   };
 
   const loop = async (name: string, step: () => Promise<number>): Promise<void> => {
+    let failures = 0;
     while (!stopping) {
       let progressed = 0;
       try {
         progressed = await step();
+        failures = 0;
       } catch (error) {
         stats.errors += 1;
-        log.warn({ driver: name, err: String(error) }, 'driver step failed');
+        failures += 1;
+        log.warn({ driver: name, err: String(error), failures }, 'driver step failed');
       }
-      if (progressed === 0 && !stopping) await sleep();
+      // Back off while the database is away, rather than logging four failures a second.
+      if (progressed === 0 && !stopping) await sleep(failures === 0 ? intervalMs : Math.min(intervalMs * 2 ** failures, 5_000));
     }
   };
 
