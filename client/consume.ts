@@ -50,7 +50,10 @@ export type ConsumeOptions = {
 };
 
 export type Consumer = {
-  /** Stops fetching, lets in-flight batches finish and completes them, then resolves. */
+  /**
+   * Stops fetching and starting messages, waits for the deliveries in flight, completes what was
+   * handled (the rest of the batch comes again, to this or another consumer), then resolves.
+   */
   stop(): Promise<void>;
   readonly done: Promise<void>;
   readonly stats: { batches: number; delivered: number; failed: number; leaseLost: number };
@@ -79,7 +82,12 @@ async function eachLimited<T>(items: readonly T[], limit: number, fn: (item: T) 
  * parallel. The first failure of a stream stops that stream (the rest of it is parked by
  * complete_batch), so per-key order survives failures.
  */
-export async function deliverBatch(deliveries: readonly Delivery[], handler: Handler, keyConcurrency: number): Promise<BatchOutcome> {
+export async function deliverBatch(
+  deliveries: readonly Delivery[],
+  handler: Handler,
+  keyConcurrency: number,
+  stopping: () => boolean = () => false,
+): Promise<BatchOutcome> {
   const chains = new Map<string, Delivery[]>();
   for (const delivery of deliveries) {
     const chain = chainOf(delivery.message);
@@ -90,6 +98,9 @@ export async function deliverBatch(deliveries: readonly Delivery[], handler: Han
   const outcome: BatchOutcome = { acked: [], failed: [], errors: [], latenciesMs: [] };
   await eachLimited([...chains.values()], keyConcurrency, async (chain) => {
     for (const delivery of chain) {
+      // Shutting down: no new message is started; the rest of the batch is left unattempted and
+      // comes again (complete_batch moves the cursor only over what was handled).
+      if (stopping()) return;
       try {
         await handler(delivery.message, delivery);
         outcome.acked.push(delivery.message.position);
@@ -261,7 +272,7 @@ export function startConsumer(connection: CommonQueryMethods, subscription: stri
       }, await heartbeatEvery());
       let outcome: BatchOutcome;
       try {
-        outcome = await deliverBatch(deliveries, handler, keyConcurrency);
+        outcome = await deliverBatch(deliveries, handler, keyConcurrency, () => stopping);
       } finally {
         clearInterval(heartbeat);
       }
@@ -281,7 +292,9 @@ export function startConsumer(connection: CommonQueryMethods, subscription: stri
             break;
           }
           report(mapped);
-          if (attempt >= 20) break; // the lease expires and the batch is delivered again
+          // Give up (the lease expires and the batch is delivered again) after 20 tries, or 3
+          // when shutting down, so a database outage cannot hold a SIGTERM for long.
+          if (attempt >= (stopping ? 3 : 20)) break;
           await sleep(Math.min(50 * 2 ** attempt, 2_000));
         }
       }

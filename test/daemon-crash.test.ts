@@ -122,7 +122,7 @@ t.test('pg_terminate_backend on every daemon connection: it reconnects and catch
   t.equal(await daemon.kill('SIGTERM'), 0);
 });
 
-t.test('SIGTERM finishes the in-flight batch, releases the lease and exits 0', async (t) => {
+t.test('SIGTERM: the deliveries in flight finish, what was delivered is acknowledged, the lease released, exit 0', async (t) => {
   const { receiver, admin, start } = await setUp(t, { delayMs: 150, subscription: 'graceful' });
   const daemon = await start();
   await admin.query('BEGIN');
@@ -137,11 +137,9 @@ t.test('SIGTERM finishes the in-flight batch, releases the lease and exits 0', a
   await receiver.waitFor(() => receiver.requests.length >= 1, 20_000, 'the batch is in flight');
   const deadline = new Promise<string>((resolve) => setTimeout(() => resolve('still running after 20 s'), 20_000).unref());
   t.equal(await Promise.race([daemon.kill('SIGTERM'), deadline]), 0, 'exit code 0');
-  t.same(
-    receiver.acked().map((r) => r.id),
-    ids,
-    'the batch was finished, in order',
-  );
+  const before = receiver.acked().map((r) => r.id);
+  t.ok(before.length >= 1, `${before.length} of 12 delivered before the exit`);
+  t.same(before, ids.slice(0, before.length), 'in order, no gap');
   const { rows: leases } = await admin.query<{ lease_owner: string | null }>(
     `SELECT lease_owner FROM pgrelay.subscription_partitions WHERE subscription = 'graceful'`,
   );
@@ -151,15 +149,15 @@ t.test('SIGTERM finishes the in-flight batch, releases the lease and exits 0', a
     'no partition left leased',
   );
   const { rows: lag } = await admin.query<{ pending: string }>(`SELECT sum(pending)::text AS pending FROM pgrelay.subscription_lag('graceful')`);
-  t.equal(lag[0]?.pending, '0', 'the batch was completed in the database');
-  // A new daemon does not deliver the finished batch again.
+  t.equal(Number(lag[0]?.pending), 12 - before.length, 'what was delivered is acknowledged in the database, the rest pending');
+  // The next daemon delivers the rest, and nothing that was acknowledged again.
   const next = await start();
   const { rows } = await admin.query<{ id: string }>(`SELECT pgrelay.publish('orders', 'k-one', 'order.changed', '{"i":12}')::text AS id`);
   await receiver.waitFor(() => receiver.acked().some((r) => r.id === rows[0]!.id), 20_000, 'the next message');
   t.same(
     receiver.acked().map((r) => r.id),
     [...ids, rows[0]!.id],
-    'nothing redelivered',
+    'every message once, in order',
   );
   t.equal(await next.kill('SIGTERM'), 0);
 });
