@@ -28,6 +28,10 @@ t.test('the real daemon delivers to a webhook, a failing webhook and stdout', as
     JSON.stringify({ type: 'webhook', url: poisoned.url }),
   ]);
   await admin.query(`SELECT pgrelay.subscribe('lines', '{orders}', '{"type":"stdout"}')`);
+  // A sink whose secret is missing from the environment: refused, named, never printed.
+  await admin.query(`SELECT pgrelay.subscribe('unsigned', '{orders}', $1::jsonb)`, [
+    JSON.stringify({ type: 'webhook', url: hooks.url, secret_env: 'PGRELAY_TEST_UNSET_SECRET' }),
+  ]);
 
   // The daemon reaches the database through a proxy, so the test can cut it off.
   const proxy = await startTcpProxy(t, db.connectionString);
@@ -43,7 +47,10 @@ t.test('the real daemon delivers to a webhook, a failing webhook and stdout', as
     t.equal(response.status, 200);
     const body = (await response.json()) as { ok: boolean; subscriptions: string[] };
     t.equal(body.ok, true);
-    t.same([...body.subscriptions].sort(), ['hooks', 'lines', 'poison']);
+    t.same([...body.subscriptions].sort(), ['hooks', 'lines', 'poison'], 'not the one whose sink cannot start');
+    const refused = await daemon.waitForLog((line) => line.msg === 'cannot start sink');
+    t.equal(refused.subscription, 'unsigned');
+    t.match(refused.err, /PGRELAY_TEST_UNSET_SECRET is not set/);
   });
 
   const publishOne = async (client: Awaited<ReturnType<typeof connect>>, key: string, data: object): Promise<string> =>
