@@ -537,3 +537,66 @@ t.test('retention deletes only what every matching reader passed, in batches', a
   t.equal(await count(c, `SELECT count(*) AS n FROM pgrelay.messages`), 1, 'only the event remains');
   t.equal(await drain(c, 'reader-b').then((d) => d.length), 0, 'and no reader is redelivered anything');
 });
+
+t.test('a consumer killed mid-batch (pg_terminate_backend) loses nothing: its lease expires and is taken over', async (t) => {
+  const db = await freshDatabase(t);
+  const admin = await connect(t, db.connectionString, 'admin');
+  const victim = await connect(t, db.connectionString, 'victim');
+  const survivor = await connect(t, db.connectionString, 'survivor');
+  await subscribe(admin, 'crash', ['orders'], { start: 'earliest', lease_seconds: 1, batch_size: 3 });
+  const positions: string[] = [];
+  for (let i = 0; i < 5; i += 1) positions.push(await publish(admin, 'orders', `k${i}`));
+  const held = (await fetchBatch(victim, 'crash', 'victim'))!;
+  t.equal(held.deliveries.length, 3, 'the victim holds a batch');
+  const pid = (await victim.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+  await admin.query('SELECT pg_terminate_backend($1)', [pid]);
+  t.ok(await failure(() => victim.query('SELECT 1')), 'the victim connection is gone');
+  const delivered: string[] = [];
+  await waitFor('the survivor to take the batch over and drain', async () => {
+    const batch = await fetchBatch(survivor, 'crash', 'survivor');
+    if (batch !== null) {
+      delivered.push(...positionsOf(batch.deliveries));
+      await completeBatch(survivor, 'crash', batch, positionsOf(batch.deliveries));
+    }
+    return delivered.length >= positions.length ? true : undefined;
+  });
+  t.same([...new Set(delivered)].sort(byPosition), positions, 'every message delivered by the survivor');
+  t.same(delivered, [...delivered].sort(byPosition), 'in order');
+});
+
+t.test('two sessions subscribing one new name at once: one creates, the other updates', async (t) => {
+  const db = await freshDatabase(t);
+  const a = await connect(t, db.connectionString, 'session-a');
+  const b = await connect(t, db.connectionString, 'session-b');
+  await a.query('BEGIN');
+  await subscribe(a, 'race', ['orders'], { partitions: 3, max_attempts: 5 });
+  const second = subscribe(b, 'race', ['orders', 'payments'], { max_attempts: 7 });
+  await waitFor('session b to wait for a', async () => {
+    const { rows } = await a.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'session-b' AND wait_event_type = 'Lock'`);
+    return rows[0].n > 0 ? true : undefined;
+  });
+  await a.query('COMMIT');
+  await second;
+  const [row] = (await a.query(`SELECT topics, partitions, max_attempts FROM pgrelay.subscriptions WHERE name = 'race'`)).rows;
+  t.same(row, { topics: ['orders', 'payments'], partitions: 3, max_attempts: 7 }, 'the second call updated the row the first created');
+  t.equal(await count(a, `SELECT count(*) AS n FROM pgrelay.subscription_partitions WHERE subscription = 'race'`), 3, 'partitions created once');
+});
+
+t.test('a reset committed while a consumer completes: the consumer waits, then gets PR005', async (t) => {
+  const db = await freshDatabase(t);
+  const a = await connect(t, db.connectionString, 'resetter');
+  const b = await connect(t, db.connectionString, 'completer');
+  await subscribe(a, 'rc', ['orders'], { start: 'earliest' });
+  const positions = [await publish(a, 'orders', 'x'), await publish(a, 'orders', 'y')];
+  const batch = (await fetchBatch(b, 'rc', 'b'))!;
+  await a.query('BEGIN');
+  await a.query(`SELECT pgrelay.subscription_reset('rc')`);
+  const completing = failure(() => completeBatch(b, 'rc', batch, positions));
+  await waitFor('the completer to wait for the reset', async () => {
+    const { rows } = await a.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'completer' AND wait_event_type = 'Lock'`);
+    return rows[0].n > 0 ? true : undefined;
+  });
+  await a.query('COMMIT');
+  t.equal((await completing)?.code, 'PR005', 'the complete lost its lease to the reset');
+  t.same(positionsOf(await drain(a, 'rc')), positions, 'and everything is delivered again from the beginning');
+});
