@@ -296,3 +296,26 @@ t.test('dead letters and retention: bad arguments', async (t) => {
     'all eight dead letters are still there',
   );
 });
+
+t.test('client: positions and times SQL would only reject as cast errors are InvalidArgumentError', async (t) => {
+  const db = await freshDatabase(t);
+  const c = await connect(t, db.connectionString);
+  await richState(t, c);
+  const client = await createClient({ connectionString: db.connectionString, maximumPoolSize: 1 });
+  t.teardown(() => client.end());
+  const before = await tableState(c);
+  const cases: Array<[string, () => Promise<unknown>, string]> = [
+    ['reset to a position that is not a number', () => client.subscriptions.reset('subs', { position: 'abc' }), 'from_position'],
+    ['reset to a fractional position', () => client.subscriptions.reset('subs', { position: '1.5' }), 'from_position'],
+    ['reset to an invalid Date', () => client.subscriptions.reset('subs', { time: new Date('not a time') }), 'from_time'],
+    ['retry a dead letter at position "x"', () => client.subscriptions.retryDeadLetters('one-shot', 'x'), 'position'],
+    ['discard a dead letter at position ""', () => client.subscriptions.discardDeadLetters('one-shot', ''), 'position'],
+  ];
+  for (const [label, run, argument] of cases) {
+    const error = await failure(run);
+    t.ok(error instanceof InvalidArgumentError, `${label}: InvalidArgumentError (got ${String(error)})`);
+    t.equal((error as unknown as InvalidArgumentError | undefined)?.argument, argument, `${label}: names ${argument}`);
+  }
+  t.same(await tableState(c), before, 'nothing written');
+  t.equal(await client.subscriptions.retryDeadLetters('one-shot', 1n + BigInt((await c.query(`SELECT min(position) AS p FROM pgrelay.dead_letters`)).rows[0].p) - 1n), 1, 'a bigint position works');
+});
