@@ -604,3 +604,52 @@ t.test('a reset committed while a consumer completes: the consumer waits, then g
   const replayed = positionsOf(await drain(a, 'rc'));
   t.same(replayed, positions, 'and everything is delivered again from the beginning');
 });
+
+t.test('per-key order through fetch_batch when an older xid publishes a key after a younger one, with the horizon between them', async (t) => {
+  const db = await freshDatabase(t);
+  const main = await connect(t, db.connectionString, 'main');
+  const older = await connect(t, db.connectionString, 'tx-a-older');
+  const horizon = await connect(t, db.connectionString, 'tx-c-horizon');
+  const younger = await connect(t, db.connectionString, 'tx-b-younger');
+  await subscribe(main, 'order', ['orders'], { start: 'earliest', partitions: 2, max_attempts: 5, backoff: { initial_ms: 3_600_000, max_ms: 3_600_000 } });
+  // xid order: A < C < B. B publishes K first and commits; A publishes K after (serialised by
+  // the key lock) and commits; C stays open, so the horizon lies between A and B.
+  await older.query('BEGIN');
+  await older.query('SELECT pg_current_xact_id()');
+  await horizon.query('BEGIN');
+  await horizon.query('SELECT pg_current_xact_id()');
+  await younger.query('BEGIN');
+  await younger.query(`SELECT pgrelay.publish('orders', 'K', 'test.event', '{"n":1}', '{}', lock_key => true)`);
+  await younger.query('COMMIT');
+  await older.query(`SELECT pgrelay.publish('orders', 'K', 'test.event', '{"n":2}', '{}', lock_key => true)`);
+  await older.query('COMMIT');
+  const [k1, k2] = (await main.query<{ position: string }>(`SELECT position FROM pgrelay.messages ORDER BY position`)).rows.map((r) => r.position);
+
+  const batch = await waitFor('a batch while C holds the horizon', () =>
+    fetchBatch(main, 'order', 'w', null, null, { settle: false }).then((b) => b ?? undefined),
+  );
+  t.same(batch.deliveries.map((d) => [d.position, (d.data as { n: number }).n]), [[k1, 1], [k2, 2]], 'K1 (younger xid, above the horizon) is pulled forward and comes before K2');
+  // K1 fails: K2 must wait behind it even though the walk already passed K2.
+  await completeBatch(main, 'order', batch, [], [k1!], ['down']);
+  t.same(
+    (await main.query(`SELECT position, attempts FROM pgrelay.retries WHERE position = $1`, [k1])).rows,
+    [{ position: k1, attempts: 1 }],
+    'K1 waits for its retry',
+  );
+  t.equal(await fetchBatch(main, 'order', 'w', null, null, { settle: false }), null, 'K2 is not delivered ahead of K1 (horizon still held)');
+  t.same(
+    (await main.query(`SELECT position, attempts, next_attempt_at IS NULL AS parked FROM pgrelay.retries ORDER BY position`)).rows,
+    [{ position: k1, attempts: 1, parked: false }, { position: k2, attempts: 0, parked: true }],
+    'K2 is parked behind K1',
+  );
+  await horizon.query('COMMIT');
+  t.equal(await fetchBatch(main, 'order', 'w'), null, 'after the horizon passes, the walk does not deliver K1 or K2 again');
+  await main.query(`UPDATE pgrelay.retries SET next_attempt_at = clock_timestamp() WHERE position = $1`, [k1]);
+  const retry = (await fetchBatch(main, 'order', 'w'))!;
+  t.same(retry.deliveries.map((d) => [d.position, d.attempt]), [[k1, 2]], 'K1 alone on its second attempt');
+  await completeBatch(main, 'order', retry, [k1!]);
+  const rest = (await fetchBatch(main, 'order', 'w'))!;
+  t.same(positionsOf(rest.deliveries), [k2], 'then K2');
+  await completeBatch(main, 'order', rest, [k2!]);
+  t.equal(await fetchBatch(main, 'order', 'w'), null, 'nothing twice');
+});
