@@ -199,6 +199,16 @@ t.test('reset to a position replays exactly from it, skipping earlier messages o
   const fresh = await publish(c, 'orders', 'f');
   t.same(positionsOf(await drain(c, 'r')), [fresh], 'and what is published next does');
 
+  // A transaction open across the reset holds a message before the point: it was never
+  // delivered, so it must come when it commits (the cursor may not pass its older xid).
+  const open = await connect(t, db.connectionString, 'open-across-reset');
+  await open.query('BEGIN');
+  const openPosition = await publish(open, 'orders', 'g');
+  const afterPoint = [await publish(c, 'orders', 'h'), await publish(c, 'orders', 'i')];
+  await c.query(`SELECT pgrelay.subscription_reset('r', from_position => $1)`, [afterPoint[0]]);
+  await open.query('COMMIT');
+  t.same(positionsOf(await drain(c, 'r')).sort(byPosition), [openPosition, ...afterPoint].sort(byPosition), 'the open transaction\'s earlier message comes too, once it commits');
+
   const past = await failure(() => c.query(`SELECT pgrelay.subscription_reset('r', from_position => $1)`, [String(BigInt(fresh) + 1000n)]));
   t.equal(past?.code, 'PR001', 'a position past the end of the log is PR001');
   t.equal(past?.column, 'from_position', 'naming from_position');
