@@ -2,6 +2,7 @@
 // wait for a condition with a deadline. Everything goes through real connections (pg.Client).
 import type { Test } from 'tap';
 import pg from 'pg';
+import { createClient, type PgrelayClient } from '../../client/index.ts';
 
 export type PgError = Error & { code?: string; column?: string };
 
@@ -128,3 +129,18 @@ export async function waitFor<T>(what: string, check: () => Promise<T | undefine
 
 export const positionsOf = (deliveries: readonly Delivery[]): string[] => deliveries.map((d) => d.position);
 export const byPosition = (a: string, b: string): number => (BigInt(a) < BigInt(b) ? -1 : BigInt(a) > BigInt(b) ? 1 : 0);
+
+/** pgrelay.subscribe with a consumer sink. */
+export async function subscribe(client: pg.Client, name: string, topics: string[], options: Record<string, unknown> = {}): Promise<void> {
+  await client.query(`SELECT pgrelay.subscribe($1, $2::text[], '{"type":"consumer"}', $3::jsonb)`, [name, topics, JSON.stringify(options)]);
+}
+
+export const count = async (client: pg.Client, text: string, params: unknown[] = []): Promise<number> =>
+  Number((await client.query<{ n: string }>(text, params)).rows[0]!.n);
+
+/** A typed client on a small pool, ended when t ends. */
+export async function newClient(t: Test, connectionString: string): Promise<PgrelayClient> {
+  const client = await createClient({ connectionString, maximumPoolSize: 2 });
+  t.teardown(() => client.end());
+  return client;
+}
