@@ -1,6 +1,6 @@
 import { sql, type CommonQueryMethods } from 'slonik';
 import { z } from 'zod';
-import { mapErrors } from './errors.js';
+import { InvalidArgumentError, mapErrors } from './errors.js';
 
 export type SinkDescription =
   | { type: 'consumer' }
@@ -62,6 +62,27 @@ export const deadLetterSchema = z.object({
 });
 export type DeadLetter = z.infer<typeof deadLetterSchema>;
 
+/**
+ * Checks what SQL would only reject as a cast error (SQLSTATE 22P02/22007, not pgrelay's): a
+ * position that is not a whole number, a Date that is not a time. Same error shape as the SQL side.
+ */
+function checkPosition(fn: string, argument: string, position: string | bigint | undefined): string | null {
+  if (position === undefined) return null;
+  const text = String(position);
+  if (!/^-?\d{1,19}$/.test(text)) {
+    throw new InvalidArgumentError(`${fn}: argument ${argument} must be a whole number, got ${JSON.stringify(text.slice(0, 40))}`, 'PR001', argument);
+  }
+  return text;
+}
+
+function checkTime(fn: string, argument: string, time: Date | undefined): string | null {
+  if (time === undefined) return null;
+  if (!(time instanceof Date) || Number.isNaN(time.getTime())) {
+    throw new InvalidArgumentError(`${fn}: argument ${argument} must be a valid Date`, 'PR001', argument);
+  }
+  return time.toISOString();
+}
+
 export function subscriptionMethods(connection: CommonQueryMethods) {
   return {
     subscribe: (name: string, topics: readonly string[], sink: SinkDescription, options: SubscribeOptions = {}) =>
@@ -83,9 +104,10 @@ export function subscriptionMethods(connection: CommonQueryMethods) {
       }),
     reset: (name: string, from: { position?: string | bigint; time?: Date } = {}) =>
       mapErrors(async () => {
+        const position = checkPosition('pgrelay.subscription_reset', 'from_position', from.position);
+        const time = checkTime('pgrelay.subscription_reset', 'from_time', from.time);
         await connection.query(sql.type(voidSchema)`
-          SELECT pgrelay.subscription_reset(${name}, ${from.position === undefined ? null : String(from.position)}::bigint,
-                                            ${from.time === undefined ? null : from.time.toISOString()}::timestamptz)`);
+          SELECT pgrelay.subscription_reset(${name}, ${position}::bigint, ${time}::timestamptz)`);
       }),
     list: () =>
       mapErrors(async () => [
@@ -106,15 +128,17 @@ export function subscriptionMethods(connection: CommonQueryMethods) {
           WHERE ${name ?? null}::text IS NULL OR d.subscription = ${name ?? null}
           ORDER BY d.subscription, d.position`)),
       ]),
-    retryDeadLetters: (name: string, position?: string) =>
+    /** Puts one dead letter (or all of the subscription's) back to be delivered; returns how many. */
+    retryDeadLetters: (name: string, position?: string | bigint) =>
       mapErrors(() =>
         connection.oneFirst(sql.type(z.object({ n: z.number() }))`
-          SELECT pgrelay.dead_letter_retry(${name}, ${position ?? null}::bigint) AS n`),
+          SELECT pgrelay.dead_letter_retry(${name}, ${checkPosition('pgrelay.dead_letter_retry', 'position', position)}::bigint) AS n`),
       ),
-    discardDeadLetters: (name: string, position?: string) =>
+    /** Deletes one dead letter (or all of the subscription's); returns how many. */
+    discardDeadLetters: (name: string, position?: string | bigint) =>
       mapErrors(() =>
         connection.oneFirst(sql.type(z.object({ n: z.number() }))`
-          SELECT pgrelay.dead_letter_discard(${name}, ${position ?? null}::bigint) AS n`),
+          SELECT pgrelay.dead_letter_discard(${name}, ${checkPosition('pgrelay.dead_letter_discard', 'position', position)}::bigint) AS n`),
       ),
     runRetention: (olderThan?: string, batchSize = 10_000) =>
       mapErrors(() =>

@@ -1,53 +1,75 @@
--- pgrelay.retention_run(older_than, batch_size): delete log messages that every subscription's
--- every partition and every projection has passed and that are older than older_than (default: setting
--- pgrelay.retention, else 7 days). Deletes in batches of batch_size, each its own short
--- statement, so publishers never wait on it. Returns how many messages it deleted. Messages
--- waiting in retries or dead letters are kept there as copies, so they are not needed here.
--- Event-store events (stream_version set) are history, never deleted.
+-- pgrelay.retention_run(older_than, batch_size): delete log messages older than older_than
+-- (default: setting pgrelay.retention, else 7 days) that every reader of their topic has passed:
+-- for each subscription whose topics match, the partition the message hashes to; each matching
+-- projection; each matching sync whose checkpoint lives in this database. A reader of other
+-- topics never holds a message back, however far behind it is. Returns how many it deleted.
+-- The log is examined in walk order, batch_size messages per statement, so each statement is
+-- short and publishers never wait on it. Messages waiting in retries or dead letters are kept
+-- there as copies, so they are not needed here. Event-store events (stream_version set) are
+-- history, never deleted.
 CREATE OR REPLACE FUNCTION pgrelay.retention_run(older_than interval DEFAULT NULL, batch_size integer DEFAULT 10000)
 RETURNS bigint
 LANGUAGE plpgsql
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_cutoff  timestamptz;
-    v_min_xid xid8;
-    v_min_pos bigint;
-    v_deleted bigint := 0;
-    v_batch   integer;
+    v_fn        constant text := 'pgrelay.retention_run';
+    v_cutoff    timestamptz;
+    v_horizon   xid8 := pg_snapshot_xmin(pg_current_snapshot());
+    v_after_xid xid8 := '0';
+    v_after_pos bigint := 0;
+    v_xids      xid8[];
+    v_positions bigint[];
+    v_deleted   bigint := 0;
+    v_batch     integer;
 BEGIN
     IF retention_run.batch_size IS NULL OR retention_run.batch_size < 1 OR retention_run.batch_size > 1000000 THEN
-        PERFORM pgrelay._raise('PR001', 'pgrelay.retention_run', 'batch_size', format('must be between 1 and 1000000, got %s', retention_run.batch_size));
+        PERFORM pgrelay._raise('PR001', v_fn, 'batch_size',
+            format('must be between 1 and 1000000, got %s', coalesce(retention_run.batch_size::text, 'NULL')));
     END IF;
     IF retention_run.older_than IS NOT NULL AND retention_run.older_than < interval '0' THEN
-        PERFORM pgrelay._raise('PR001', 'pgrelay.retention_run', 'older_than', 'must not be negative');
+        PERFORM pgrelay._raise('PR001', v_fn, 'older_than', format('must not be negative, got %s', retention_run.older_than));
     END IF;
     v_cutoff := now() - coalesce(retention_run.older_than,
                                  nullif(current_setting('pgrelay.retention', true), '')::interval,
                                  interval '7 days');
-    SELECT c.x, c.p INTO v_min_xid, v_min_pos
-    FROM (SELECT p.cursor_xid AS x, p.cursor_position AS p FROM pgrelay.subscription_partitions p
-          UNION ALL
-          SELECT j.cursor_xid, j.cursor_position FROM pgrelay.projections j) AS c
-    ORDER BY c.x, c.p
-    LIMIT 1;
-    IF NOT FOUND THEN
-        v_min_xid := pg_snapshot_xmin(pg_current_snapshot());
-        v_min_pos := 0;
-    END IF;
     LOOP
+        -- The next slice of the log below the horizon (every transaction there has ended).
+        SELECT coalesce(array_agg(o.xid ORDER BY o.xid, o.position), '{}'),
+               coalesce(array_agg(o.position ORDER BY o.xid, o.position), '{}')
+          INTO v_xids, v_positions
+          FROM (SELECT m.xid, m.position FROM pgrelay.messages m
+                WHERE (m.xid, m.position) > (v_after_xid, v_after_pos) AND m.xid < v_horizon
+                ORDER BY m.xid, m.position
+                LIMIT retention_run.batch_size) AS o;
+        EXIT WHEN cardinality(v_xids) = 0;
+
         DELETE FROM pgrelay.messages m
-        WHERE (m.xid, m.position) IN (
-            SELECT o.xid, o.position FROM pgrelay.messages o
-            WHERE (o.xid, o.position) <= (v_min_xid, v_min_pos)
-              AND o.xid < pg_snapshot_xmin(pg_current_snapshot())
-              AND o.created_at < v_cutoff
-              AND o.stream_version IS NULL
-            ORDER BY o.xid, o.position
-            LIMIT retention_run.batch_size);
+        USING unnest(v_xids, v_positions) AS s(xid, position)
+        WHERE m.xid = s.xid AND m.position = s.position
+          AND m.created_at < v_cutoff
+          AND m.stream_version IS NULL
+          AND NOT EXISTS (
+              SELECT 1 FROM pgrelay.subscriptions sub
+              JOIN pgrelay.subscription_partitions p
+                ON p.subscription = sub.name
+               AND p.partition_index = pgrelay._partition_of(m.key, m.id, sub.partitions)
+              WHERE pgrelay._topic_matches(m.topic, sub.topics)
+                AND (p.cursor_xid, p.cursor_position) < (m.xid, m.position))
+          AND NOT EXISTS (
+              SELECT 1 FROM pgrelay.projections j
+              WHERE pgrelay._topic_matches(m.topic, j.topics)
+                AND (j.cursor_xid, j.cursor_position) < (m.xid, m.position))
+          AND NOT EXISTS (
+              SELECT 1 FROM pgrelay.syncs y
+              JOIN pgrelay.sync_checkpoints c ON c.name = y.name
+              WHERE pgrelay._topic_matches(m.topic, y.topics)
+                AND (c.cursor_xid, c.cursor_position) < (m.xid, m.position));
         GET DIAGNOSTICS v_batch = ROW_COUNT;
         v_deleted := v_deleted + v_batch;
-        EXIT WHEN v_batch < retention_run.batch_size;
+        EXIT WHEN cardinality(v_xids) < retention_run.batch_size;
+        v_after_xid := v_xids[cardinality(v_xids)];
+        v_after_pos := v_positions[cardinality(v_positions)];
     END LOOP;
     RETURN v_deleted;
 END;

@@ -8,10 +8,15 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_part pgrelay.subscription_partitions;
+    v_sub  pgrelay.subscriptions;
 BEGIN
-    PERFORM pgrelay._subscription(p_function, p_subscription);
+    v_sub := pgrelay._subscription(p_function, p_subscription);
     IF p_partition IS NULL THEN
         PERFORM pgrelay._raise('PR001', p_function, 'partition_index', 'must not be null');
+    END IF;
+    IF p_partition < 0 OR p_partition >= v_sub.partitions THEN
+        PERFORM pgrelay._raise('PR001', p_function, 'partition_index',
+            format('must be between 0 and %s, got %s', v_sub.partitions - 1, p_partition));
     END IF;
     IF p_token IS NULL THEN
         PERFORM pgrelay._raise('PR001', p_function, 'lease_token', 'must not be null');

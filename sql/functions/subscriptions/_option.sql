@@ -18,3 +18,22 @@ BEGIN
     RETURN (v_value #>> '{}')::numeric;
 END;
 $$;
+
+-- pgrelay._whole_option(fn, options, name, default, min, max): the same for options that count
+-- things (partitions, max_attempts, batch_size): a fraction like 2.5 is rejected, not rounded.
+CREATE OR REPLACE FUNCTION pgrelay._whole_option(
+    p_function text, p_options jsonb, p_name text, p_default integer, p_min integer, p_max integer)
+RETURNS integer
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_value numeric := pgrelay._int_option(p_function, p_options, p_name, p_default, p_min, p_max);
+BEGIN
+    IF v_value <> trunc(v_value) THEN
+        PERFORM pgrelay._raise('PR001', p_function, 'options',
+            format('"%s" must be a whole number between %s and %s, got %s', p_name, p_min, p_max, p_options -> p_name));
+    END IF;
+    RETURN v_value::integer;
+END;
+$$;

@@ -41,8 +41,10 @@ BEGIN
     IF complete_batch.acked IS NULL THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'acked', 'must not be null (pass ''{}'')');
     END IF;
-    IF complete_batch.failed IS NULL OR complete_batch.errors IS NULL
-       OR cardinality(complete_batch.failed) <> cardinality(complete_batch.errors) THEN
+    IF complete_batch.failed IS NULL THEN
+        PERFORM pgrelay._raise('PR001', v_fn, 'failed', 'must not be null (pass ''{}'')');
+    END IF;
+    IF complete_batch.errors IS NULL OR cardinality(complete_batch.failed) <> cardinality(complete_batch.errors) THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'errors', 'must hold one reason per failed position');
     END IF;
     SELECT p INTO v_bad FROM unnest(complete_batch.acked || complete_batch.failed) AS p

@@ -19,6 +19,10 @@ DECLARE
     v_key          text;
     v_partitions   integer;
     v_start        text;
+    v_max_attempts integer;
+    v_batch_size   integer;
+    v_lease_seconds numeric;
+    v_backoff      jsonb;
     v_existing     pgrelay.subscriptions;
     v_cursor_xid   xid8;
     v_cursor_pos   bigint;
@@ -35,14 +39,16 @@ BEGIN
         PERFORM pgrelay._raise('PR001', v_fn, 'options',
             format('has an unknown option %L (known: partitions, start, max_attempts, backoff, batch_size, lease_seconds)', v_key));
     END IF;
-    v_partitions := pgrelay._int_option(v_fn, subscribe.options, 'partitions', 1, 1, 256)::integer;
-    IF (subscribe.options ? 'partitions') AND (subscribe.options ->> 'partitions')::numeric <> v_partitions THEN
-        PERFORM pgrelay._raise('PR001', v_fn, 'options', '"partitions" must be a whole number');
+    v_partitions := pgrelay._whole_option(v_fn, subscribe.options, 'partitions', 1, 1, 256);
+    v_max_attempts := pgrelay._whole_option(v_fn, subscribe.options, 'max_attempts', 10, 1, 1000);
+    v_batch_size := pgrelay._whole_option(v_fn, subscribe.options, 'batch_size', 100, 1, 10000);
+    v_lease_seconds := pgrelay._int_option(v_fn, subscribe.options, 'lease_seconds', 30, 1, 3600);
+    v_backoff := pgrelay._check_backoff(v_fn, subscribe.options -> 'backoff');
+    IF coalesce(subscribe.options -> 'start', 'null') NOT IN ('null', '"earliest"', '"latest"') THEN
+        PERFORM pgrelay._raise('PR001', v_fn, 'options',
+            format('"start" must be "earliest" or "latest", got %s', subscribe.options -> 'start'));
     END IF;
     v_start := coalesce(subscribe.options ->> 'start', 'latest');
-    IF v_start NOT IN ('earliest', 'latest') THEN
-        PERFORM pgrelay._raise('PR001', v_fn, 'options', format('"start" must be "earliest" or "latest", got %L', v_start));
-    END IF;
 
     -- Serialise concurrent subscribes of one name.
     PERFORM pg_advisory_xact_lock(hashtextextended('pgrelay.subscription:' || subscribe.name, 0));
@@ -56,11 +62,7 @@ BEGIN
     INSERT INTO pgrelay.subscriptions AS s (name, topics, sink, partitions, max_attempts, backoff, batch_size,
                                             lease_seconds, options)
     VALUES (subscribe.name, subscribe.topics, subscribe.sink, v_partitions,
-            pgrelay._int_option(v_fn, subscribe.options, 'max_attempts', 10, 1, 1000),
-            pgrelay._check_backoff(v_fn, subscribe.options -> 'backoff'),
-            pgrelay._int_option(v_fn, subscribe.options, 'batch_size', 100, 1, 10000),
-            pgrelay._int_option(v_fn, subscribe.options, 'lease_seconds', 30, 1, 3600),
-            subscribe.options)
+            v_max_attempts, v_backoff, v_batch_size, v_lease_seconds, subscribe.options)
     ON CONFLICT ON CONSTRAINT subscriptions_pkey DO UPDATE
         SET topics = excluded.topics, sink = excluded.sink, max_attempts = excluded.max_attempts,
             backoff = excluded.backoff, batch_size = excluded.batch_size, lease_seconds = excluded.lease_seconds,
@@ -78,6 +80,10 @@ BEGIN
         END IF;
         INSERT INTO pgrelay.subscription_partitions (subscription, partition_index, cursor_xid, cursor_position)
         SELECT subscribe.name, p, v_cursor_xid, v_cursor_pos FROM generate_series(0, v_partitions - 1) AS p;
+        IF v_start = 'latest' THEN
+            -- Transactions above the horizon that have already committed are history too.
+            PERFORM pgrelay._skip_committed(subscribe.name, NULL, NULL);
+        END IF;
     END IF;
 END;
 $$;
