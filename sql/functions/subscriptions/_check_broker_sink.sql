@@ -24,22 +24,22 @@ BEGIN
     WHERE k IN ('password', 'pass', 'token', 'creds', 'nkey', 'url_password') LIMIT 1;
     IF FOUND THEN
         PERFORM pgrelay._raise('PR001', p_function, 'sink',
-            format('of type %s must not hold a credential itself (%L): name an environment variable (%s_env) or a file (%s_file)',
+            format('of type %s must not hold a credential itself ("%s"): name an environment variable (%s_env) or a file (%s_file)',
                    v_type, v_key, CASE WHEN v_key = 'token' THEN 'token' ELSE 'pass' END, CASE WHEN v_key = 'token' THEN 'token' ELSE 'pass' END));
     END IF;
     FOR v_key IN SELECT k FROM jsonb_object_keys(p_sink) AS k WHERE k ~ '_(env|file)$' LOOP
         IF jsonb_typeof(p_sink -> v_key) <> 'string' OR p_sink ->> v_key = '' THEN
-            PERFORM pgrelay._raise('PR001', p_function, 'sink', format('%L must be a non-empty string (an environment variable name or a file path)', v_key));
+            PERFORM pgrelay._raise('PR001', p_function, 'sink', format('"%s" must be a non-empty string (an environment variable name or a file path)', v_key));
         END IF;
     END LOOP;
     FOREACH v_key IN ARRAY ARRAY['user', 'source', 'stream', 'exchange_type'] LOOP
         IF (p_sink ? v_key) AND (jsonb_typeof(p_sink -> v_key) <> 'string' OR p_sink ->> v_key = '') THEN
-            PERFORM pgrelay._raise('PR001', p_function, 'sink', format('%L must be a non-empty string', v_key));
+            PERFORM pgrelay._raise('PR001', p_function, 'sink', format('"%s" must be a non-empty string', v_key));
         END IF;
     END LOOP;
     FOREACH v_key IN ARRAY ARRAY['batch_publish', 'create_stream', 'mandatory'] LOOP
         IF (p_sink ? v_key) AND jsonb_typeof(p_sink -> v_key) <> 'boolean' THEN
-            PERFORM pgrelay._raise('PR001', p_function, 'sink', format('%L must be true or false', v_key));
+            PERFORM pgrelay._raise('PR001', p_function, 'sink', format('"%s" must be true or false', v_key));
         END IF;
     END LOOP;
     IF (p_sink ? 'content_mode') AND coalesce(p_sink ->> 'content_mode', '') NOT IN ('structured', 'binary') THEN
