@@ -216,7 +216,13 @@ export function createAmqpSink(subscription: Subscription, env: NodeJS.ProcessEn
     type: 'amqp',
     deliver: async (_message, delivery) => {
       const entry = await entryFor(delivery.partition);
-      await confirmed(entry, send(entry, delivery));
+      let pending: Promise<void>;
+      try {
+        pending = send(entry, delivery);
+      } catch (error) {
+        throw new Error(describe(error)); // the channel closed under us, or the routing key is invalid
+      }
+      await confirmed(entry, pending);
     },
     deliverMany: async (deliveries) => {
       if (deliveries.length === 0) return [];
@@ -231,7 +237,7 @@ export function createAmqpSink(subscription: Subscription, env: NodeJS.ProcessEn
         try {
           return send(entry, delivery);
         } catch (error) {
-          return Promise.reject(error instanceof Error ? error : new Error(String(error)));
+          return Promise.reject(new Error(describe(error)));
         }
       });
       const settled = await Promise.allSettled(pending.map((p) => confirmed(entry, p)));
