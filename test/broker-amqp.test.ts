@@ -168,7 +168,7 @@ for (const batchPublish of [false, true]) {
       },
       { batch_size: 200, lease_seconds: 2, partitions: 2 },
     );
-    const total = 2000;
+    const total = 1200;
     const published = await publish(db.connectionString, total, 25);
     const holding = proxy.holdRepliesAfter(received.exchange, 300);
     const relay = await daemon(t, db.connectionString, name, { PGRELAY_TEST_RABBIT_PASS: AMQP_PASS });
