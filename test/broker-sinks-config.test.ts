@@ -7,6 +7,7 @@ import pg from 'pg';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer } from 'node:net';
 import type { Delivery, Message, Subscription } from '../client/index.ts';
 import { createNatsSink } from '../daemon/nats-sink.ts';
 import { createAmqpSink } from '../daemon/amqp-sink.ts';
@@ -135,4 +136,33 @@ t.test('batch_publish outcome: per key, acknowledged up to the first failure, wh
   t.notOk(outcome.acked.includes('4'), 'key a’s message after the failure is not acknowledged: it comes again behind the retry');
   const short = await batchPublisher({ deliverMany: async () => [null] })([delivery(1, 'a'), delivery(2, 'a')]);
   t.same([short.acked, short.failed], [['1'], ['2']], 'a missing result counts as a failure');
+});
+
+/** A local port nothing listens on. */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as { port: number }).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+t.test('a broker that cannot be reached: deliveries fail fast, say why without secrets, and reconnect with backoff', async (t) => {
+  const port = await closedPort();
+  const secret = 'Sekrit-pass-0815';
+  const env = { PASS: secret, URL: `amqp://guest:${secret}@127.0.0.1:${port}` };
+  const sinks = [
+    createNatsSink(subscription({ ...nats, servers: `nats://127.0.0.1:${port}`, user: 'relay', pass_env: 'PASS' }), env),
+    createAmqpSink(subscription({ ...amqp, url: undefined, url_env: 'URL' }), env),
+  ];
+  for (const sink of sinks) {
+    const first = await sink.deliver(message(1, 'a'), delivery(1, 'a')).then(() => null, (error: Error) => error);
+    t.ok(first instanceof Error, `${sink.type}: the delivery fails`);
+    t.match(first?.message, sink.type === 'nats' ? /^NATS / : /^AMQP /, `${sink.type}: the error says which broker: ${first?.message}`);
+    t.notOk(first?.message.includes(secret), `${sink.type}: and holds no secret`);
+    const second = await sink.deliver(message(2, 'a'), delivery(2, 'a')).then(() => null, (error: Error) => error);
+    t.match(second?.message, /next connection attempt in \d+ ms/, `${sink.type}: within the backoff the next delivery fails at once, without a new attempt`);
+    await sink.close();
+    await t.rejects(sink.deliver(message(3, 'a'), delivery(3, 'a')), /sink closed/, `${sink.type}: a closed sink refuses deliveries`);
+  }
 });
