@@ -191,6 +191,10 @@ export function createNatsSink(subscription: Subscription, env: NodeJS.ProcessEn
         `no publish ack within ${settings.timeoutMs} ms`,
       );
     } catch (error) {
+      // The client reports a subject that no stream captures as "jetstream is not enabled".
+      if ((error as Error).name === 'JetStreamNotEnabled' || /jetstream is not enabled/i.test(String(error))) {
+        throw new Error(`${KIND} no JetStream stream captures subject ${subject} (or JetStream is not enabled on the server)`);
+      }
       throw new Error(`${describe(error)} (subject ${subject})`);
     }
   };

@@ -8,6 +8,8 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { freshDatabase, query } from './helpers/db.ts';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.ts';
+import { createNatsSink } from '../daemon/nats-sink.ts';
+import type { Delivery, Subscription } from '../client/index.ts';
 import { brokerSkip, natsTarget, NATS_URL, startTcpProxy, uniqueName, waitFor } from './helpers/brokers.ts';
 
 const skip = await brokerSkip('NATS', NATS_URL, 4222);
@@ -172,7 +174,7 @@ for (const batchPublish of [false, true]) {
       db.connectionString,
       name,
       { type: 'nats', servers: `nats://127.0.0.1:${proxy.port}`, subject: `${stream.name}.{topic}.{key}`, stream: stream.name, batch_publish: batchPublish },
-      { batch_size: 200, lease_seconds: 2, partitions: 2 },
+      { batch_size: 200, lease_seconds: 1, partitions: 2 },
     );
     const total = 1200;
     const published = await publish(db.connectionString, total, 25);
@@ -264,4 +266,13 @@ t.test('a missing stream without create_stream: deliveries fail with a clear err
   await stream.jsm.streams.add({ name: stream.name, subjects: [`${stream.name}.>`] });
   await waitFor('the 5 messages once the stream exists', async () => ((await streamCount(stream)) === 5 ? true : undefined), 30_000, 100);
   t.same((await readStream(stream)).map((m) => header(m, 'Nats-Msg-Id')), published.map((p) => p.id), 'all five, in order');
+});
+
+t.test('a subject no stream captures fails with a clear error instead of vanishing', { skip }, async (t) => {
+  const name = uniqueName('pgrelay_nowhere');
+  const sink = createNatsSink({ name: 'nowhere', sink: { type: 'nats', servers: NATS_URL, subject: `${name}.{topic}`, timeout_ms: 2000 } } as unknown as Subscription, {});
+  t.teardown(() => sink.close());
+  const message = { position: '1', xid: '1', id: '00000000-0000-4000-8000-000000000001', topic: 'orders', key: 'k', type: 't', data: {}, metadata: {}, created_at: new Date().toISOString() };
+  const delivery = { subscription: 'nowhere', partition: 0, leaseToken: '1', attempt: 1, message } as Delivery;
+  await t.rejects(sink.deliver(message, delivery), new RegExp(`no JetStream stream captures subject ${name}\\.orders`), 'the publish fails and says why');
 });
