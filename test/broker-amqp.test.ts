@@ -166,7 +166,7 @@ for (const batchPublish of [false, true]) {
         routing_key: '{topic}.{key}',
         batch_publish: batchPublish,
       },
-      { batch_size: 200, lease_seconds: 1, partitions: 2 },
+      { batch_size: 200, lease_seconds: 2, partitions: 2 },
     );
     const total = 1200;
     const published = await publish(db.connectionString, total, 25);

@@ -174,7 +174,7 @@ for (const batchPublish of [false, true]) {
       db.connectionString,
       name,
       { type: 'nats', servers: `nats://127.0.0.1:${proxy.port}`, subject: `${stream.name}.{topic}.{key}`, stream: stream.name, batch_publish: batchPublish },
-      { batch_size: 200, lease_seconds: 1, partitions: 2 },
+      { batch_size: 200, lease_seconds: 2, partitions: 2 },
     );
     const total = 1200;
     const published = await publish(db.connectionString, total, 25);
