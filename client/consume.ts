@@ -43,6 +43,11 @@ export type ConsumeOptions = {
   heartbeatMs?: number;
   /** Wake-ups on NOTIFY; without one the consumer polls every idlePollMs. */
   waker?: Waker;
+  /**
+   * Delivers a whole batch at once instead of calling the handler per message (a broker sink
+   * publishing with one round of confirms); must resolve with the outcome deliverBatch would give.
+   */
+  deliverBatch?: (deliveries: readonly Delivery[]) => Promise<BatchOutcome>;
   /** Called after each batch completes. */
   onBatch?: (outcome: BatchOutcome, deliveries: readonly Delivery[]) => void;
   /** Called on database errors the loop recovers from, and on lost leases. */
@@ -272,7 +277,9 @@ export function startConsumer(connection: CommonQueryMethods, subscription: stri
       }, await heartbeatEvery());
       let outcome: BatchOutcome;
       try {
-        outcome = await deliverBatch(deliveries, handler, keyConcurrency, () => stopping);
+        outcome = options.deliverBatch
+          ? await options.deliverBatch(deliveries)
+          : await deliverBatch(deliveries, handler, keyConcurrency, () => stopping);
       } finally {
         clearInterval(heartbeat);
       }

@@ -15,6 +15,7 @@ import {
 import type { RelayMetrics } from './metrics-types.js';
 import type { Sink, SinkRegistry } from './sink.js';
 import { startDrivers } from './drivers.js';
+import { batchPublisher } from './batch-publish.js';
 
 export type Log = {
   info(object: object, message?: string): void;
@@ -91,8 +92,10 @@ export function createRelayService(options: RelayServiceOptions): RelayService {
     const factory = options.sinks[String(subscription.sink.type)]!;
     const sink = await factory(subscription, env);
     const metrics = options.metrics;
+    const deliverMany = subscription.sink.batch_publish === true ? sink.deliverMany?.bind(sink) : undefined;
     const started = startConsumer(db, subscription.name, (message, delivery) => sink.deliver(message, delivery), {
       consumer,
+      deliverBatch: deliverMany === undefined ? undefined : batchPublisher({ deliverMany }),
       concurrency: subscription.partitions,
       waker,
       idlePollMs: options.idlePollMs ?? 1000,

@@ -9,6 +9,12 @@ import type { Delivery, Message, Subscription } from '../client/index.js';
 export type Sink = {
   readonly type: string;
   deliver(message: Message, delivery: Delivery): Promise<void>;
+  /**
+   * Optional, used when the sink JSON has "batch_publish": true: sends a whole batch at once (one
+   * round of broker confirms instead of one per message) and resolves with one result per
+   * delivery, in order: null when the destination acknowledged it, else the reason it did not.
+   */
+  deliverMany?(deliveries: readonly Delivery[]): Promise<Array<Error | null>>;
   close(): Promise<void>;
 };
 

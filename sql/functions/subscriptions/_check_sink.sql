@@ -1,7 +1,7 @@
 -- pgrelay._check_sink(sink): validate a subscription's sink description.
 -- Sinks: webhook {url, secret_env?, timeout_ms?, concurrency?}, stdout {}, consumer {} (pulled
--- in process, never by the daemon), nats {...}, amqp {...}. Secrets are never stored here:
--- a sink names the environment variable or file that holds them.
+-- in process, never by the daemon), nats {...}, amqp {...} (see _check_broker_sink.sql).
+-- Secrets are never stored here: a sink names the environment variable or file that holds them.
 CREATE OR REPLACE FUNCTION pgrelay._check_sink(p_function text, p_sink jsonb)
 RETURNS void
 LANGUAGE plpgsql
@@ -32,6 +32,9 @@ BEGIN
     END IF;
     IF (p_sink ? 'concurrency') AND (jsonb_typeof(p_sink -> 'concurrency') <> 'number' OR (p_sink ->> 'concurrency')::numeric NOT BETWEEN 1 AND 1000) THEN
         PERFORM pgrelay._raise('PR001', p_function, 'sink', '"concurrency" must be a number between 1 and 1000');
+    END IF;
+    IF v_type IN ('nats', 'amqp') THEN
+        PERFORM pgrelay._check_broker_sink(p_function, p_sink);
     END IF;
 END;
 $$;

@@ -1,0 +1,158 @@
+// Broker availability for the NATS and RabbitMQ tests, and a TCP proxy a test can close and
+// reopen to play a broker that goes down and comes back.
+//
+// A broker that does not answer makes its tests skip with a clear message, unless
+// PGRELAY_REQUIRE_BROKERS=1 (CI), where a missing broker is a failure.
+import { connect as tcpConnect, createServer, type Server, type Socket } from 'node:net';
+import tap from 'tap';
+
+export const NATS_URL = process.env.PGRELAY_TEST_NATS_URL ?? 'nats://127.0.0.1:4222';
+export const AMQP_URL = process.env.PGRELAY_TEST_AMQP_URL ?? 'amqp://127.0.0.1:5672';
+export const AMQP_USER = process.env.PGRELAY_TEST_AMQP_USER ?? 'guest';
+export const AMQP_PASS = process.env.PGRELAY_TEST_AMQP_PASS ?? 'guest';
+
+export const requireBrokers = (): boolean => process.env.PGRELAY_REQUIRE_BROKERS === '1';
+
+function hostPort(url: string, defaultPort: number): { host: string; port: number } {
+  const parsed = new URL(url);
+  return { host: parsed.hostname, port: parsed.port === '' ? defaultPort : Number(parsed.port) };
+}
+
+export const natsTarget = (): { host: string; port: number } => hostPort(NATS_URL, 4222);
+export const amqpTarget = (): { host: string; port: number } => hostPort(AMQP_URL, 5672);
+
+/** True when something accepts TCP connections at host:port within timeoutMs. */
+export function reachable(host: string, port: number, timeoutMs = 2_000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = tcpConnect({ host, port });
+    const done = (ok: boolean): void => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
+}
+
+/**
+ * `false` when the broker answers (run the tests), or the skip reason. With
+ * PGRELAY_REQUIRE_BROKERS=1 a missing broker fails the file instead.
+ */
+export async function brokerSkip(name: 'NATS' | 'RabbitMQ', url: string, defaultPort: number): Promise<false | string> {
+  const { host, port } = hostPort(url, defaultPort);
+  if (await reachable(host, port)) return false;
+  const reason = `${name} is not reachable at ${host}:${port}: broker tests skipped (start ${name}, or set PGRELAY_REQUIRE_BROKERS=1 to make this a failure)`;
+  if (requireBrokers()) {
+    tap.fail(`${name} is required (PGRELAY_REQUIRE_BROKERS=1) but not reachable at ${host}:${port}`);
+    return `${name} required but missing`;
+  }
+  tap.comment(reason);
+  return reason;
+}
+
+export type TcpProxy = {
+  readonly port: number;
+  /** Stops listening and cuts every open connection: the broker looks down. */
+  close(): Promise<void>;
+  /** Listens again on the same port. */
+  open(): Promise<void>;
+  /** Connections accepted so far. */
+  readonly accepted: number;
+  /**
+   * Once the client has sent `pattern` `times` times (counted per chunk), the broker's replies
+   * stop reaching the client (they are dropped) while the client's data still reaches the broker:
+   * publishes land, their acks never arrive. Resolves when the hold starts.
+   */
+  holdRepliesAfter(pattern: string, times: number): Promise<void>;
+};
+
+/** A TCP proxy on a free local port forwarding to host:port. */
+export async function startTcpProxy(host: string, port: number): Promise<TcpProxy> {
+  const sockets = new Set<Socket>();
+  let accepted = 0;
+  let server: Server | undefined;
+  let listenPort = 0;
+  let hold: { pattern: string; remaining: number; held: boolean; started: () => void } | undefined;
+  const listen = (): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const s = createServer((client) => {
+        accepted += 1;
+        const upstream = tcpConnect({ host, port });
+        sockets.add(client);
+        sockets.add(upstream);
+        const cut = (): void => {
+          client.destroy();
+          upstream.destroy();
+          sockets.delete(client);
+          sockets.delete(upstream);
+        };
+        client.on('error', cut).on('close', cut);
+        upstream.on('error', cut).on('close', cut);
+        client.on('data', (chunk: Buffer) => {
+          if (hold !== undefined && !hold.held) {
+            const text = chunk.toString('latin1');
+            for (let at = text.indexOf(hold.pattern); at >= 0 && hold.remaining > 0; at = text.indexOf(hold.pattern, at + 1)) hold.remaining -= 1;
+            if (hold.remaining <= 0) {
+              hold.held = true;
+              hold.started();
+            }
+          }
+          upstream.write(chunk);
+        });
+        upstream.on('data', (chunk: Buffer) => {
+          if (hold?.held !== true) client.write(chunk);
+        });
+      });
+      s.once('error', reject);
+      s.listen(listenPort, '127.0.0.1', () => {
+        listenPort = (s.address() as { port: number }).port;
+        server = s;
+        resolve();
+      });
+    });
+  await listen();
+  const proxy: TcpProxy = {
+    get port() {
+      return listenPort;
+    },
+    get accepted() {
+      return accepted;
+    },
+    close: async () => {
+      const s = server;
+      server = undefined;
+      for (const socket of sockets) socket.destroy();
+      sockets.clear();
+      if (s !== undefined) await new Promise<void>((resolve) => s.close(() => resolve()));
+    },
+    open: async () => {
+      hold = undefined;
+      if (server === undefined) await listen();
+    },
+    holdRepliesAfter: (pattern, times) =>
+      new Promise<void>((resolve) => {
+        hold = { pattern, remaining: times, held: false, started: resolve };
+      }),
+  };
+  tap.teardown(() => proxy.close());
+  return proxy;
+}
+
+/** Polls `check` until it returns a value that is not undefined, or throws after timeoutMs. */
+export async function waitFor<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 30_000, everyMs = 50): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await check();
+      if (value !== undefined) return value;
+    } catch (error) {
+      last = error;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last === undefined ? '' : `: ${String(last)}`}`);
+    await new Promise((resolve) => setTimeout(resolve, everyMs));
+  }
+}
+
+export const uniqueName = (prefix: string): string => `${prefix}_${process.pid}_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 8)}`;
