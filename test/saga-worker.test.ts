@@ -130,7 +130,8 @@ t.test('in process: a stale result is rejected by the fencing token in SQL and d
   });
   await saga.register(client);
   const logger = recordingLogger();
-  const stale = stopAtTeardown(t, createSagaWorker({ client, sagas: [saga], worker: 'stale', tickIntervalMs: 0, logger }));
+  // concurrency 1: busy with attempt 1, it cannot lease attempt 2 itself.
+  const stale = stopAtTeardown(t, createSagaWorker({ client, sagas: [saga], worker: 'stale', tickIntervalMs: 0, logger, concurrency: 1 }));
   const id = await saga.start(client, {});
   await waitUntil('attempt 1 running', () => runs === 1);
   // The lease ends (as if the worker had been cut off); saga_tick turns it into a timed-out attempt.
