@@ -86,5 +86,5 @@ export {
   type SagaListRow,
   type SagaListOptions,
 } from './sagas.js';
-export { defineSaga, NonRetryableError, type Saga, type SagaStepOptions, type DefineSagaOptions, type StepHandler, type StepRun } from './define-saga.js';
+export { defineSaga, NonRetryableError, type Saga, type RunnableSaga, type SagaStepOptions, type DefineSagaOptions, type StepHandler, type StepRun } from './define-saga.js';
 export { createSagaWorker, type SagaWorker, type SagaWorkerOptions, type SagaWorkerStats, type SagaWorkerLogger } from './saga-worker.js';
