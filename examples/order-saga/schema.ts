@@ -38,11 +38,18 @@ DECLARE
 BEGIN
     UPDATE shop.reservations r SET released = true WHERE r.order_id = input ->> 'order_id' AND NOT r.released
     RETURNING * INTO v_reservation;
-    IF FOUND THEN
-        UPDATE shop.inventory i SET available = i.available + v_reservation.quantity WHERE i.sku = v_reservation.sku;
-    ELSE
+    IF NOT FOUND THEN
         INSERT INTO shop.reservations (order_id, sku, quantity, released)
         VALUES (input ->> 'order_id', input ->> 'sku', 0, true) ON CONFLICT (order_id) DO NOTHING;
+        IF FOUND THEN
+            RETURN '{}';
+        END IF;
+        -- A reservation committed while we waited on its key: release that one.
+        UPDATE shop.reservations r SET released = true WHERE r.order_id = input ->> 'order_id' AND NOT r.released
+        RETURNING * INTO v_reservation;
+    END IF;
+    IF v_reservation.order_id IS NOT NULL THEN
+        UPDATE shop.inventory i SET available = i.available + v_reservation.quantity WHERE i.sku = v_reservation.sku;
     END IF;
     RETURN '{}';
 END $$;
@@ -79,11 +86,18 @@ DECLARE
 BEGIN
     UPDATE shop.payments p SET refunded = true WHERE p.order_id = input ->> 'order_id' AND NOT p.refunded
     RETURNING * INTO v_payment;
-    IF FOUND THEN
-        UPDATE shop.accounts a SET balance = a.balance + v_payment.amount WHERE a.customer = v_payment.customer;
-    ELSE
+    IF NOT FOUND THEN
         INSERT INTO shop.payments (order_id, customer, amount, refunded)
         VALUES (input ->> 'order_id', input ->> 'customer', 0, true) ON CONFLICT (order_id) DO NOTHING;
+        IF FOUND THEN
+            RETURN '{}';
+        END IF;
+        -- A charge committed while we waited on its key: refund that one.
+        UPDATE shop.payments p SET refunded = true WHERE p.order_id = input ->> 'order_id' AND NOT p.refunded
+        RETURNING * INTO v_payment;
+    END IF;
+    IF v_payment.order_id IS NOT NULL THEN
+        UPDATE shop.accounts a SET balance = a.balance + v_payment.amount WHERE a.customer = v_payment.customer;
     END IF;
     RETURN '{}';
 END $$;
