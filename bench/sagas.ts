@@ -62,14 +62,16 @@ async function pgrelayWorker(context: BenchContext, round: number, n: number): P
   await saga.register(client);
   const worker = createSagaWorker({ client, sagas: [saga], concurrency: 200, batchSize: 200, tickIntervalMs: 0, pollMaxMs: 20 });
   try {
-    const { ms } = await timed(async () => {
-      await pool(n / 500, 2, () => client.sagas.startMany('bench.worker', Array.from({ length: 500 }, () => ({ input: {} }))));
-      for (;;) {
-        const done = await withPg(url, async (c) => (await c.query(`SELECT count(*)::int AS n FROM pgrelay.sagas WHERE status = ANY($1)`, [TERMINAL_SAGA_STATUSES])).rows[0].n as number);
-        if (done === n) return;
-        await new Promise((resolve) => setTimeout(resolve, 10));
-      }
-    });
+    const { ms } = await withPg(url, (watcher) =>
+      timed(async () => {
+        await pool(n / 500, 2, () => client.sagas.startMany('bench.worker', Array.from({ length: 500 }, () => ({ input: {} }))));
+        for (;;) {
+          const done = (await watcher.query(`SELECT count(*)::int AS n FROM pgrelay.sagas WHERE status = ANY($1)`, [TERMINAL_SAGA_STATUSES])).rows[0].n as number;
+          if (done === n) return;
+          await new Promise((resolve) => setTimeout(resolve, 25));
+        }
+      }),
+    );
     const completed = await withPg(url, async (c) => (await c.query(`SELECT count(*)::int AS n FROM pgrelay.sagas WHERE status = 'completed'`)).rows[0].n as number);
     if (completed !== n) throw new Error(`pgrelay worker: ${completed} of ${n} sagas completed`);
     return perSecond(n, ms);

@@ -4,7 +4,7 @@
 // is out of stock (nothing to undo). Prints each saga's end and the shop's tables.
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { createClient, createSagaWorker, migrate, TERMINAL_SAGA_STATUSES, type OrderInput } from './index.js';
+import { createClient, createOrderSaga, createSagaWorker, migrate, SHOP_SCHEMA, TERMINAL_SAGA_STATUSES, type OrderInput } from './index.js';
 
 const url = process.env.DATABASE_URL;
 if (url === undefined || url === '') {
@@ -13,7 +13,6 @@ if (url === undefined || url === '') {
 }
 
 await migrate({ connectionString: url, direction: 'up' });
-const { SHOP_SCHEMA } = await import('./schema.js');
 const admin = new pg.Client({ connectionString: url });
 await admin.connect();
 await admin.query(SHOP_SCHEMA);
@@ -21,7 +20,6 @@ await admin.query(`INSERT INTO shop.inventory VALUES ('widget', 5) ON CONFLICT (
 await admin.query(`INSERT INTO shop.accounts VALUES ('alice', 100), ('bob', 10) ON CONFLICT (customer) DO UPDATE SET balance = excluded.balance`);
 
 const client = await createClient({ connectionString: url });
-const { createOrderSaga } = await import('./saga.js');
 const orderSaga = createOrderSaga(client.connection);
 await orderSaga.register(client);
 const worker = createSagaWorker({ client, sagas: [orderSaga], concurrency: 10 });
