@@ -3,6 +3,7 @@
 import { createClient, installScript, InvalidArgumentError, migrate, migrationStatus, type PgrelayClient } from '../client/index.js';
 import { flag, parseArgs, type Args } from './args.js';
 import { syncCommand } from './sync.js';
+import { sagasCommand } from './sagas.js';
 
 const USAGE = `pgrelay <command>
 
@@ -22,6 +23,8 @@ const USAGE = `pgrelay <command>
   retention [--older-than '7 days']
   publish TOPIC TYPE [DATA_JSON] [--key K]
   sync list | status [NAME] | run NAME | reconcile NAME [--chunk-size N]
+  sagas list [--status S] [--type T] [--limit N] | status ID | cancel ID [--reason R]
+        | retry ID | skip ID STEP | resolve ID --note TEXT
 
 Connection: --database-url URL, else DATABASE_URL.`;
 
@@ -152,6 +155,14 @@ async function main(argv: readonly string[]): Promise<number> {
       const chunk = flag(args, 'chunk-size');
       return syncCommand(sub, rest[0], databaseUrl(args), { chunkSize: chunk === undefined ? undefined : Number(chunk) });
     }
+    case 'sagas':
+      return sagasCommand(sub, rest, databaseUrl(args), {
+        status: flag(args, 'status'),
+        type: flag(args, 'type'),
+        limit: flag(args, 'limit'),
+        reason: flag(args, 'reason'),
+        note: flag(args, 'note'),
+      });
     case undefined:
     case 'help':
       out(USAGE);

@@ -84,6 +84,18 @@ export type Saga<S extends z.ZodTypeAny = z.ZodTypeAny> = {
   start(client: { sagas: SagaMethods }, input: z.input<S>, options?: SagaStartOptions): Promise<string>;
 };
 
+/**
+ * What createSagaWorker needs of a saga. Any Saga<S> is one, whatever its input schema (a
+ * Saga<ZodObject<...>> is not a Saga<ZodTypeAny>: its handlers take the narrower input).
+ */
+export type RunnableSaga = {
+  readonly type: string;
+  readonly definition: SagaDefinitionJson;
+  readonly input: z.ZodTypeAny;
+  readonly queues: readonly string[];
+  handler(step: string, phase: 'action' | 'compensation'): StepHandler<never> | undefined;
+};
+
 const NAME = /^[A-Za-z0-9._-]{1,100}$/;
 const QUEUE = /^[A-Za-z0-9._-]{1,200}$/;
 

@@ -68,6 +68,7 @@ export {
   sagaStatusSchema,
   sagaStepStatusSchema,
   sagaTaskRowSchema,
+  sagaListRowSchema,
   TERMINAL_SAGA_STATUSES,
   type SagaMethods,
   type SagaDefinitionJson,
@@ -82,6 +83,8 @@ export {
   type SagaTaskOutcome,
   type SagaStartOptions,
   type SagaLike,
+  type SagaListRow,
+  type SagaListOptions,
 } from './sagas.js';
-export { defineSaga, NonRetryableError, type Saga, type SagaStepOptions, type DefineSagaOptions, type StepHandler, type StepRun } from './define-saga.js';
+export { defineSaga, NonRetryableError, type Saga, type RunnableSaga, type SagaStepOptions, type DefineSagaOptions, type StepHandler, type StepRun } from './define-saga.js';
 export { createSagaWorker, type SagaWorker, type SagaWorkerOptions, type SagaWorkerStats, type SagaWorkerLogger } from './saga-worker.js';

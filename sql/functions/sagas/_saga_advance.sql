@@ -10,8 +10,9 @@ AS $$
 DECLARE
     v_saga  pgrelay.sagas;
     v_step  pgrelay.saga_steps;
-    v_run   record;
-    v_guard integer := 0;
+    v_run     record;
+    v_guard   integer := 0;
+    v_claimed boolean;
 BEGIN
     LOOP
         v_guard := v_guard + 1;
@@ -30,17 +31,24 @@ BEGIN
                 PERFORM pgrelay._saga_event(v_saga, 'saga.completed', jsonb_build_object('context', v_saga.context));
                 RETURN;
             END IF;
+            v_claimed := false;
             IF v_step.status = 'pending' THEN
-                UPDATE pgrelay.saga_steps st SET status = 'ready', next_attempt_at = clock_timestamp(), started_at = now()
+                -- A SQL step is claimed (attempt 1) in the same statement that makes it ready.
+                UPDATE pgrelay.saga_steps st
+                   SET status = 'ready', next_attempt_at = clock_timestamp(), started_at = now(),
+                       attempts = CASE WHEN st.action ? 'sql' THEN st.attempts + 1 ELSE st.attempts END
                 WHERE st.saga_id = p_saga_id AND st.step_index = v_step.step_index RETURNING * INTO v_step;
+                v_claimed := v_step.action ? 'sql';
             END IF;
             IF v_step.status = 'leased' AND v_step.lease_expires_at <= clock_timestamp() THEN
                 PERFORM pgrelay._saga_step_failed(v_saga, v_step, format('timed out after %s s (outcome unknown)', v_step.timeout_seconds), true, true);
                 CONTINUE;
             END IF;
-            IF v_step.status = 'ready' AND v_step.next_attempt_at <= clock_timestamp() AND v_step.action ? 'sql' THEN
-                UPDATE pgrelay.saga_steps st SET attempts = st.attempts + 1
-                WHERE st.saga_id = p_saga_id AND st.step_index = v_step.step_index RETURNING * INTO v_step;
+            IF v_step.status = 'ready' AND v_step.action ? 'sql' AND (v_claimed OR v_step.next_attempt_at <= clock_timestamp()) THEN
+                IF NOT v_claimed THEN
+                    UPDATE pgrelay.saga_steps st SET attempts = st.attempts + 1
+                    WHERE st.saga_id = p_saga_id AND st.step_index = v_step.step_index RETURNING * INTO v_step;
+                END IF;
                 v_run := pgrelay._saga_run_sql(v_saga, v_step, 'action');
                 IF v_run.ok THEN
                     PERFORM pgrelay._saga_step_succeeded(v_saga, v_step, v_run.output);
@@ -130,8 +138,10 @@ BEGIN
            SET status = 'succeeded', output = p_output, finished_at = now(), lease_owner = NULL, lease_expires_at = NULL,
                last_error = NULL
          WHERE st.saga_id = p_saga.id AND st.step_index = p_step.step_index;
-        UPDATE pgrelay.sagas s SET context = pgrelay._saga_merge(s.context, p_step.name, p_output), updated_at = now()
-         WHERE s.id = p_saga.id;
+        IF p_output IS NOT NULL AND p_output NOT IN ('null', '{}') THEN  -- nothing to merge: spare the saga row a version
+            UPDATE pgrelay.sagas s SET context = pgrelay._saga_merge(s.context, p_step.name, p_output), updated_at = now()
+             WHERE s.id = p_saga.id;
+        END IF;
         PERFORM pgrelay._saga_event(p_saga, 'saga.step_succeeded', jsonb_build_object('step', p_step.name, 'attempt', p_step.attempts));
     ELSE
         UPDATE pgrelay.saga_steps st

@@ -35,6 +35,15 @@ BEGIN
 END;
 $$;
 
+-- pgrelay._saga_number(value): a JSON number as numeric, NULL for anything else (no cast errors).
+CREATE OR REPLACE FUNCTION pgrelay._saga_number(p_value jsonb)
+RETURNS numeric
+LANGUAGE sql
+IMMUTABLE
+AS $$
+    SELECT CASE WHEN jsonb_typeof(p_value) = 'number' THEN (p_value #>> '{}')::numeric END
+$$;
+
 -- pgrelay.saga_define(saga_type, definition): register a saga type, or a new version of it when
 -- the definition changed (running sagas keep the version they started with). definition:
 --   {"steps": [{"name", "action", "compensation"?, "max_attempts"? (default 3),
@@ -54,6 +63,7 @@ DECLARE
     v_key     text;
     v_latest  pgrelay.saga_definitions;
     v_def     jsonb;
+    v_number  numeric;
 BEGIN
     IF saga_define.saga_type IS NULL OR saga_define.saga_type !~ '^[A-Za-z0-9._-]{1,190}$' THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'saga_type',
@@ -68,8 +78,8 @@ BEGIN
     IF FOUND THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'definition', format('has an unknown field %L (known: steps, deadline)', v_key));
     END IF;
-    IF saga_define.definition ? 'deadline' AND (jsonb_typeof(saga_define.definition -> 'deadline') <> 'number'
-        OR (saga_define.definition ->> 'deadline')::numeric <= 0) THEN
+    v_number := pgrelay._saga_number(saga_define.definition -> 'deadline');
+    IF saga_define.definition ? 'deadline' AND (v_number IS NULL OR v_number <= 0) THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'definition', '"deadline" must be a positive number of seconds');
     END IF;
     FOR v_step IN SELECT s FROM jsonb_array_elements(saga_define.definition -> 'steps') AS s LOOP
@@ -95,9 +105,23 @@ BEGIN
         IF v_step ? 'compensation' AND v_step -> 'compensation' <> 'null' THEN
             PERFORM pgrelay._saga_check_handler(v_fn, format('steps[%s].compensation', v_index), v_step -> 'compensation');
         END IF;
-        PERFORM pgrelay._int_option(v_fn, v_step, 'max_attempts', 3, 1, 1000);
-        PERFORM pgrelay._int_option(v_fn, v_step, 'timeout', 30, 0.001, 86400);
-        PERFORM pgrelay._check_backoff(v_fn, v_step -> 'backoff');
+        v_number := pgrelay._saga_number(v_step -> 'max_attempts');
+        IF v_step ? 'max_attempts' AND (v_number IS NULL OR v_number NOT BETWEEN 1 AND 1000 OR v_number <> trunc(v_number)) THEN
+            PERFORM pgrelay._raise('PR001', v_fn, 'definition',
+                format('steps[%s].max_attempts must be a whole number between 1 and 1000, got %s', v_index, v_step -> 'max_attempts'));
+        END IF;
+        v_number := pgrelay._saga_number(v_step -> 'timeout');
+        IF v_step ? 'timeout' AND (v_number IS NULL OR v_number NOT BETWEEN 0.001 AND 86400) THEN
+            PERFORM pgrelay._raise('PR001', v_fn, 'definition',
+                format('steps[%s].timeout must be a number of seconds between 0.001 and 86400, got %s', v_index, v_step -> 'timeout'));
+        END IF;
+        BEGIN
+            PERFORM pgrelay._check_backoff(v_fn, v_step -> 'backoff');
+        EXCEPTION WHEN SQLSTATE 'PR001' THEN
+            -- _check_backoff names 'options' (the subscription argument); here it is part of the definition.
+            PERFORM pgrelay._raise('PR001', v_fn, 'definition',
+                format('steps[%s].%s', v_index, regexp_replace(SQLERRM, '^.*?argument options ', '')));
+        END;
         v_index := v_index + 1;
     END LOOP;
 

@@ -10,7 +10,8 @@ LANGUAGE plpgsql
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_fn constant text := 'pgrelay.saga_lease';
+    v_fn  constant text := 'pgrelay.saga_lease';
+    v_now timestamptz := clock_timestamp();  -- a value, not a volatile call, so it bounds the index scan
 BEGIN
     PERFORM pgrelay._check_name(v_fn, 'queue', saga_lease.queue);
     PERFORM pgrelay._check_name(v_fn, 'worker', saga_lease.worker);
@@ -22,14 +23,18 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH due AS (
+        -- Walks saga_steps_worker_due_idx (queue, next_attempt_at) in order and stops at max_tasks.
+        -- The saga's state is a scalar subquery on purpose: as a join, stale statistics (a burst of
+        -- new sagas before autovacuum analyzes) made the planner loop over every ready step per saga.
         SELECT st.saga_id, st.step_index
         FROM pgrelay.saga_steps st
-        JOIN pgrelay.sagas s ON s.id = st.saga_id
         WHERE st.status IN ('ready', 'compensation_ready')
-          AND st.next_attempt_at <= clock_timestamp()
-          AND ((st.status = 'ready' AND st.action ->> 'worker' = saga_lease.queue AND s.status = 'running'
-                AND (s.deadline_at IS NULL OR s.deadline_at > clock_timestamp()))
-               OR (st.status = 'compensation_ready' AND st.compensation ->> 'worker' = saga_lease.queue AND s.status = 'compensating'))
+          AND st.next_attempt_at <= v_now
+          AND CASE WHEN st.status = 'ready' THEN st.action ->> 'worker' ELSE st.compensation ->> 'worker' END = saga_lease.queue
+          AND (SELECT CASE WHEN st.status = 'ready'
+                           THEN s.status = 'running' AND (s.deadline_at IS NULL OR s.deadline_at > clock_timestamp())
+                           ELSE s.status = 'compensating' END
+               FROM pgrelay.sagas s WHERE s.id = st.saga_id)
         ORDER BY st.next_attempt_at
         LIMIT saga_lease.max_tasks
         FOR UPDATE OF st SKIP LOCKED

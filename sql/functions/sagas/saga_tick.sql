@@ -10,6 +10,7 @@ AS $$
 DECLARE
     v_id    uuid;
     v_count integer := 0;
+    v_now   timestamptz := clock_timestamp();  -- a value, not a volatile call, so it bounds the index scans
 BEGIN
     IF saga_tick.max_sagas IS NULL OR saga_tick.max_sagas NOT BETWEEN 1 AND 100000 THEN
         PERFORM pgrelay._raise('PR001', 'pgrelay.saga_tick', 'max_sagas', 'must be between 1 and 100000');
@@ -18,14 +19,14 @@ BEGIN
         SELECT s.id FROM pgrelay.sagas s
         WHERE s.id IN (
             SELECT st.saga_id FROM pgrelay.saga_steps st
-            WHERE st.status IN ('ready', 'compensation_ready') AND st.next_attempt_at <= clock_timestamp()
+            WHERE st.next_attempt_at <= v_now
               AND ((st.status = 'ready' AND st.action ? 'sql') OR (st.status = 'compensation_ready' AND st.compensation ? 'sql'))
             UNION
             SELECT st.saga_id FROM pgrelay.saga_steps st
-            WHERE st.status IN ('leased', 'compensation_leased') AND st.lease_expires_at <= clock_timestamp()
+            WHERE st.status IN ('leased', 'compensation_leased') AND st.lease_expires_at <= v_now
             UNION
             SELECT d.id FROM pgrelay.sagas d
-            WHERE d.status = 'running' AND d.deadline_at IS NOT NULL AND d.deadline_at <= clock_timestamp())
+            WHERE d.status = 'running' AND d.deadline_at IS NOT NULL AND d.deadline_at <= v_now)
           AND s.status IN ('running', 'compensating')
         LIMIT saga_tick.max_sagas
         FOR UPDATE OF s SKIP LOCKED
