@@ -5,6 +5,7 @@ import { runDaemon } from '../daemon/main.js';
 import { runDemo } from '../daemon/demo.js';
 import { flag, parseArgs, type Args } from './args.js';
 import { syncCommand } from './sync.js';
+import { cdcCommand } from './cdc.js';
 
 const USAGE = `pgrelay <command>
 
@@ -24,6 +25,9 @@ const USAGE = `pgrelay <command>
   retention [--older-than '7 days']
   publish TOPIC TYPE [DATA_JSON] [--key K]
   sync list | status [NAME] | run NAME | reconcile NAME [--chunk-size N]
+  cdc enable TABLE [--options '{"exclude":["ssn"]}'] | disable TABLE | list
+  cdc snapshot TABLE [--chunk-size N]   backfill existing rows (progress; Ctrl-C, then run again to resume)
+  cdc snapshot-reset TABLE
 
 Connection: --database-url URL, else DATABASE_URL.`;
 
@@ -143,6 +147,8 @@ async function main(argv: readonly string[]): Promise<number> {
       const chunk = flag(args, 'chunk-size');
       return syncCommand(sub, rest[0], databaseUrl(args), { chunkSize: chunk === undefined ? undefined : Number(chunk) });
     }
+    case 'cdc':
+      return cdcCommand(sub, rest[0], databaseUrl(args), { options: flag(args, 'options'), chunkSize: flag(args, 'chunk-size') });
     case undefined:
     case 'help':
       out(USAGE);

@@ -27,14 +27,15 @@ BEGIN
 END;
 $$;
 
--- pgrelay.cdc_list(): the captured tables that still exist, with their options.
+-- pgrelay.cdc_list(): the captured tables that still exist (schema-qualified names), with their
+-- options and backfill progress.
 CREATE OR REPLACE FUNCTION pgrelay.cdc_list()
 RETURNS TABLE (table_name text, topic text, key_columns text[], exclude text[], mask text[], operations text[],
                skip_unchanged boolean, snapshot_emitted bigint, snapshot_total bigint, snapshot_done boolean)
 LANGUAGE sql
 STABLE
 AS $$
-    SELECT c.relid::regclass::text, c.topic,
+    SELECT format('%I.%I', n.nspname, r.relname), c.topic,
            ARRAY(SELECT a.attname::text FROM unnest(c.key_attnums) WITH ORDINALITY AS k(attnum, n)
                  JOIN pg_attribute a ON a.attrelid = c.relid AND a.attnum = k.attnum ORDER BY k.n),
            ARRAY(SELECT a.attname::text FROM pg_attribute a
@@ -43,7 +44,8 @@ AS $$
                  WHERE a.attrelid = c.relid AND a.attnum = ANY (c.mask_attnums) AND NOT a.attisdropped ORDER BY a.attnum),
            c.operations, c.skip_unchanged, s.emitted, s.total, s.finished_at IS NOT NULL
     FROM pgrelay.cdc_tables c
+    JOIN pg_class r ON r.oid = c.relid
+    JOIN pg_namespace n ON n.oid = r.relnamespace
     LEFT JOIN pgrelay.cdc_snapshots s ON s.relid = c.relid
-    WHERE EXISTS (SELECT 1 FROM pg_class r WHERE r.oid = c.relid)
     ORDER BY 1
 $$;
