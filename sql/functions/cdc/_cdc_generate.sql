@@ -169,7 +169,7 @@ $f$, v_fn, p_relid, v_schema, v_table, v_insert, v_cfg.topic, v_key_new, v_img_n
         IF 'truncate' = ANY (v_cfg.operations) AND v_part = p_relid::regclass THEN
             EXECUTE format('CREATE TRIGGER pgrelay_cdc_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
                            v_part, v_fn);
-        ELSIF 'delete' = ANY (v_cfg.operations) OR 'truncate' = ANY (v_cfg.operations) THEN
+        ELSIF v_part <> p_relid::regclass AND ('delete' = ANY (v_cfg.operations) OR 'truncate' = ANY (v_cfg.operations)) THEN
             EXECUTE format('CREATE TRIGGER pgrelay_cdc_truncate BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
                            v_part, v_fn);
         END IF;
