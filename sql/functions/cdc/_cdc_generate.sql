@@ -28,6 +28,8 @@ DECLARE
     v_join      text;
     v_img_new   text;
     v_img_old   text;
+    v_img_new_r text;
+    v_img_old_r text;
     v_insert    text;
     v_body      text;
     v_part      regclass;
@@ -65,9 +67,13 @@ BEGIN
     IF cardinality(v_exclude) = 0 AND cardinality(v_mask) = 0 THEN
         v_img_new := 'to_jsonb(n.*)';
         v_img_old := 'to_jsonb(o.*)';
+        v_img_new_r := 'r.n_row';
+        v_img_old_r := 'r.o_row';
     ELSE
         v_img_new := format('pgrelay._cdc_image(to_jsonb(n.*), %L, %L)', v_exclude, v_mask);
         v_img_old := format('pgrelay._cdc_image(to_jsonb(o.*), %L, %L)', v_exclude, v_mask);
+        v_img_new_r := format('pgrelay._cdc_image(r.n_row, %L, %L)', v_exclude, v_mask);
+        v_img_old_r := format('pgrelay._cdc_image(r.o_row, %L, %L)', v_exclude, v_mask);
     END IF;
     v_insert := 'INSERT INTO pgrelay.messages (position, xid, next_xid, id, topic, key, type, data, metadata) ';
 
@@ -98,21 +104,21 @@ BEGIN
                %7$s, 'insert', jsonb_build_object('before', NULL, 'after', %8$s, 'changed', NULL), v_meta
         FROM pgrelay_new AS n;
     ELSIF TG_OP = 'UPDATE' THEN
+        -- Each side's to_jsonb(row) is computed once (OFFSET 0 keeps the subquery from being
+        -- flattened, which would compute it again for every use).
         %5$s
         SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, gen_random_uuid(), %6$L,
-               CASE WHEN r.n_key IS NULL THEN r.o_key ELSE r.n_key END,
+               coalesce(r.n_key, r.o_key),
                CASE WHEN r.o_key IS NULL THEN 'insert' WHEN r.n_key IS NULL THEN 'delete' ELSE 'update' END,
-               jsonb_build_object('before', r.before, 'after', r.after, 'changed', c.changed), v_meta
+               jsonb_build_object('before', %16$s, 'after', %17$s, 'changed', c.changed), v_meta
         FROM (SELECT CASE WHEN o.%9$s IS NOT NULL THEN %10$s END AS o_key,
                      CASE WHEN n.%9$s IS NOT NULL THEN %7$s END AS n_key,
-                     CASE WHEN o.%9$s IS NOT NULL THEN %11$s END AS before,
-                     CASE WHEN n.%9$s IS NOT NULL THEN %8$s END AS after,
-                     CASE WHEN o.%9$s IS NOT NULL AND n.%9$s IS NOT NULL THEN to_jsonb(o.*) END AS o_row,
-                     CASE WHEN o.%9$s IS NOT NULL AND n.%9$s IS NOT NULL THEN to_jsonb(n.*) END AS n_row
+                     CASE WHEN o.%9$s IS NOT NULL THEN to_jsonb(o.*) END AS o_row,
+                     CASE WHEN n.%9$s IS NOT NULL THEN to_jsonb(n.*) END AS n_row
               FROM pgrelay_old AS o FULL JOIN pgrelay_new AS n ON %12$s
               OFFSET 0) AS r
         CROSS JOIN LATERAL (
-            SELECT CASE WHEN r.o_row IS NOT NULL THEN
+            SELECT CASE WHEN r.o_key IS NOT NULL AND r.n_key IS NOT NULL THEN
                        (SELECT coalesce(jsonb_agg(e.key ORDER BY e.key), '[]') FROM jsonb_each(r.n_row) AS e
                         WHERE r.o_row -> e.key IS DISTINCT FROM e.value AND e.key <> ALL (%13$L::text[]))
                    END AS changed
@@ -138,8 +144,11 @@ $f$, v_fn, p_relid, v_schema, v_table, v_insert, v_cfg.topic, v_key_new, v_img_n
        v_img_old, v_join, v_exclude, v_cfg.skip_unchanged,
        format($q$%s SELECT nextval('pgrelay.message_position_seq'), $1, $2, gen_random_uuid(), %L, %s, 'delete',
                   jsonb_build_object('before', %s, 'after', NULL, 'changed', NULL), $3 FROM $q$,
-              v_insert, v_cfg.topic, v_key_old, v_img_old));
-    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS %L', v_fn, v_body);
+              v_insert, v_cfg.topic, v_key_old, v_img_old),
+       v_img_old_r, v_img_new_r);
+    -- jit = off: a bulk statement's estimates (transition tables have no statistics) made JIT
+    -- compile for longer than the capture itself took.
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SET jit = off AS %L', v_fn, v_body);
 
     -- Drop every capture trigger of this table's function (partitions that were detached
     -- included), then create them on the table and its current partitions.
