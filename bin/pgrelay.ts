@@ -4,6 +4,7 @@ import { createClient, installScript, InvalidArgumentError, migrate, migrationSt
 import { flag, parseArgs, type Args } from './args.js';
 import { syncCommand } from './sync.js';
 import { sagasCommand } from './sagas.js';
+import { cdcCommand } from './cdc.js';
 
 const USAGE = `pgrelay <command>
 
@@ -25,6 +26,9 @@ const USAGE = `pgrelay <command>
   sync list | status [NAME] | run NAME | reconcile NAME [--chunk-size N]
   sagas list [--status S] [--type T] [--limit N] | status ID | cancel ID [--reason R]
         | retry ID | skip ID STEP | resolve ID --note TEXT
+  cdc enable TABLE [--options '{"exclude":["ssn"]}'] | disable TABLE | list
+  cdc snapshot TABLE [--chunk-size N]   backfill existing rows (progress; Ctrl-C, then run again to resume)
+  cdc snapshot-reset TABLE
 
 Connection: --database-url URL, else DATABASE_URL.`;
 
@@ -163,6 +167,8 @@ async function main(argv: readonly string[]): Promise<number> {
         reason: flag(args, 'reason'),
         note: flag(args, 'note'),
       });
+    case 'cdc':
+      return cdcCommand(sub, rest[0], databaseUrl(args), { options: flag(args, 'options'), chunkSize: flag(args, 'chunk-size') });
     case undefined:
     case 'help':
       out(USAGE);

@@ -12,6 +12,7 @@ import { idempotencyMethods, idempotent, type IdempotencyMethods, type Idempoten
 import { streamMethods, type StreamMethods } from './events.js';
 import { projectionMethods, type ProjectionMethods } from './projections.js';
 import { sagaMethods, type SagaMethods } from './sagas.js';
+import { cdcMethods, type CdcMethods } from './cdc.js';
 
 export type ClientOptions =
   | ({ connectionString: string } & PoolOptions)
@@ -54,6 +55,8 @@ export type PgrelayClient = {
   readonly projections: ProjectionMethods;
   /** Sagas: define, start, status, cancel, retry, skip, resolve, tick; lease/complete/fail/heartbeat for workers. */
   readonly sagas: SagaMethods;
+  /** Change data capture: enable/disable/list captured tables, resumable snapshot backfills. */
+  readonly cdc: CdcMethods;
   /** What holds the read horizon back (pgrelay.log_stall()): long open transactions stall every reader. */
   horizonStall(): Promise<HorizonStall[]>;
   /** The installed pgrelay version (pgrelay.version()). */
@@ -87,6 +90,7 @@ function bind(
     streams: streamMethods(connection),
     projections: projectionMethods(connection),
     sagas: sagaMethods(connection),
+    cdc: cdcMethods(connection),
     horizonStall: () => horizonStall(connection),
     version: () => connection.oneFirst(sql.type(versionSchema)`SELECT pgrelay.version() AS version`),
     end,

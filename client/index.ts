@@ -88,3 +88,15 @@ export {
 } from './sagas.js';
 export { defineSaga, NonRetryableError, type Saga, type RunnableSaga, type SagaStepOptions, type DefineSagaOptions, type StepHandler, type StepRun } from './define-saga.js';
 export { createSagaWorker, type SagaWorker, type SagaWorkerOptions, type SagaWorkerStats, type SagaWorkerLogger } from './saga-worker.js';
+export {
+  cdcMethods,
+  cdcTableSchema,
+  cdcSnapshotProgressSchema,
+  type CdcMethods,
+  type CdcOptions,
+  type CdcOperation,
+  type CdcChange,
+  type CdcTable,
+  type CdcSnapshotOptions,
+  type CdcSnapshotProgress,
+} from './cdc.js';

@@ -2,10 +2,15 @@
 -- its row in pgrelay.cdc_tables. The function holds static SQL (so its plans are cached), built
 -- with format('%I'/%L) from catalog names, never from user text.
 --
--- Message per changed row: topic from the config, key = the key column's value as text, or for a
--- composite key a JSON array of the values; type insert | update | delete | truncate; data =
--- {"before", "after", "changed"}; metadata = {"xid", "user", "application_name", "schema",
--- "table", "captured_at"}.
+-- One message per changed row: topic from the config; key = the key column's value as text, or
+-- for a composite key the JSON array of the values (jsonb text form, e.g. [1, "eu"]); type
+-- insert | update | delete | truncate; data = {"before", "after", "changed"}; metadata = {"xid",
+-- "user", "application_name", "schema", "table", "captured_at"}.
+-- An UPDATE pairs old and new rows by key (one FULL JOIN): a row whose key changed becomes a
+-- delete of the old key and an insert of the new one.
+-- Partitions get the same INSERT/UPDATE/DELETE triggers (a statement fires only the triggers of
+-- the table it names) and a BEFORE TRUNCATE trigger that emits one delete per row when a
+-- partition alone is truncated (the parent's TRUNCATE emits one 'truncate' instead).
 CREATE OR REPLACE FUNCTION pgrelay._cdc_generate(p_relid oid)
 RETURNS void
 LANGUAGE plpgsql
@@ -13,21 +18,40 @@ AS $$
 DECLARE
     v_cfg       pgrelay.cdc_tables;
     v_fn        text := format('pgrelay.%I', '_cdc_capture_' || p_relid);
+    v_schema    text;
+    v_table     text;
+    v_cols      text[];
+    v_exclude   text[];
+    v_mask      text[];
     v_key_new   text;
     v_key_old   text;
     v_join      text;
     v_img_new   text;
     v_img_old   text;
-    v_meta      text;
-    v_changed   text;
+    v_img_new_r text;
+    v_img_old_r text;
     v_insert    text;
     v_body      text;
-    v_cols      text[];
+    v_part      regclass;
+    v_trig      record;
 BEGIN
     SELECT * INTO v_cfg FROM pgrelay.cdc_tables c WHERE c.relid = p_relid;
+    SELECT n.nspname, c.relname INTO v_schema, v_table
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_relid;
     SELECT array_agg(quote_ident(a.attname) ORDER BY k.n) INTO v_cols
     FROM unnest(v_cfg.key_attnums) WITH ORDINALITY AS k(attnum, n)
     JOIN pg_attribute a ON a.attrelid = p_relid AND a.attnum = k.attnum AND NOT a.attisdropped;
+    IF coalesce(cardinality(v_cols), 0) <> cardinality(v_cfg.key_attnums) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'PR007',
+            MESSAGE = format('pgrelay: a key column of captured table %s is gone: run pgrelay.cdc_disable(%L) '
+                             'or pgrelay.cdc_enable with other key_columns first', p_relid::regclass, p_relid::regclass::text),
+            COLUMN = 'key_columns';
+    END IF;
+    v_exclude := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                       WHERE a.attrelid = p_relid AND a.attnum = ANY (v_cfg.exclude_attnums) AND NOT a.attisdropped ORDER BY a.attnum);
+    v_mask := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                    WHERE a.attrelid = p_relid AND a.attnum = ANY (v_cfg.mask_attnums) AND NOT a.attisdropped ORDER BY a.attnum);
 
     IF cardinality(v_cols) = 1 THEN
         v_key_new := format('(n.%s)::text', v_cols[1]);
@@ -36,91 +60,128 @@ BEGIN
         v_key_new := format('jsonb_build_array(%s)::text', (SELECT string_agg('n.' || c, ', ') FROM unnest(v_cols) c));
         v_key_old := format('jsonb_build_array(%s)::text', (SELECT string_agg('o.' || c, ', ') FROM unnest(v_cols) c));
     END IF;
-    -- Key columns are NOT NULL (primary key, or documented for key_columns): '=' lets bulk updates hash-join.
+    -- Key columns are NOT NULL (cdc_enable checks): '=' lets bulk updates hash-join, and a NULL
+    -- first key column marks the missing side of the FULL JOIN.
     v_join := (SELECT string_agg(format('o.%s = n.%s', c, c), ' AND ') FROM unnest(v_cols) c);
 
-    IF cardinality(v_cfg.exclude) = 0 AND cardinality(v_cfg.mask) = 0 THEN
+    IF cardinality(v_exclude) = 0 AND cardinality(v_mask) = 0 THEN
         v_img_new := 'to_jsonb(n.*)';
         v_img_old := 'to_jsonb(o.*)';
+        v_img_new_r := 'r.n_row';
+        v_img_old_r := 'r.o_row';
     ELSE
-        v_img_new := format('pgrelay._cdc_image(to_jsonb(n.*), %L, %L)', v_cfg.exclude, v_cfg.mask);
-        v_img_old := format('pgrelay._cdc_image(to_jsonb(o.*), %L, %L)', v_cfg.exclude, v_cfg.mask);
+        v_img_new := format('pgrelay._cdc_image(to_jsonb(n.*), %L, %L)', v_exclude, v_mask);
+        v_img_old := format('pgrelay._cdc_image(to_jsonb(o.*), %L, %L)', v_exclude, v_mask);
+        v_img_new_r := format('pgrelay._cdc_image(r.n_row, %L, %L)', v_exclude, v_mask);
+        v_img_old_r := format('pgrelay._cdc_image(r.o_row, %L, %L)', v_exclude, v_mask);
     END IF;
-    v_changed := format('pgrelay._cdc_changed(to_jsonb(o.*), to_jsonb(n.*), %L)', v_cfg.exclude);
-    v_meta := 'jsonb_build_object(''xid'', pg_current_xact_id()::text, ''user'', current_user, '
-           || '''application_name'', current_setting(''application_name''), ''schema'', TG_TABLE_SCHEMA, '
-           || '''table'', TG_TABLE_NAME, ''captured_at'', now())';
     v_insert := 'INSERT INTO pgrelay.messages (position, xid, next_xid, id, topic, key, type, data, metadata) ';
 
+    -- The source is passed as a literal (%L), so no column name can end a dollar quote.
     v_body := format($f$
-CREATE OR REPLACE FUNCTION %1$s()
-RETURNS trigger
-LANGUAGE plpgsql
-AS $body$
--- Generated by pgrelay.cdc_enable for %2$s: do not edit, run pgrelay.cdc_enable again.
+-- Generated by pgrelay.cdc_enable for the table with oid %2$s: do not edit, run pgrelay.cdc_enable again.
 DECLARE
+    v_xid      xid8;
     v_next_xid xid8;
+    v_meta     jsonb;
 BEGIN
+    IF TG_WHEN = 'BEFORE' THEN
+        -- TRUNCATE of a partition: skipped when an ancestor is truncated in the same statement
+        -- (this backend holds its ACCESS EXCLUSIVE lock), which then emits one 'truncate'.
+        IF EXISTS (SELECT 1 FROM pg_partition_ancestors(TG_RELID) AS a(relid)
+                   JOIN pg_locks l ON l.relation = a.relid AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+                   WHERE a.relid <> TG_RELID AND l.pid = pg_backend_pid() AND l.mode = 'AccessExclusiveLock' AND l.granted) THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    v_xid := pg_current_xact_id();
     v_next_xid := pgrelay._next_xid();
+    v_meta := jsonb_build_object('xid', v_xid::text, 'user', current_user, 'application_name', current_setting('application_name'),
+                                 'schema', %3$L, 'table', %4$L, 'captured_at', now());
     IF TG_OP = 'INSERT' THEN
-        %3$s
-        SELECT nextval('pgrelay.message_position_seq'), pg_current_xact_id(), v_next_xid, gen_random_uuid(), %4$L,
-               %5$s, 'insert', jsonb_build_object('before', NULL, 'after', %6$s, 'changed', NULL), %7$s
+        %5$s
+        SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, gen_random_uuid(), %6$L,
+               %7$s, 'insert', jsonb_build_object('before', NULL, 'after', %8$s, 'changed', NULL), v_meta
         FROM pgrelay_new AS n;
     ELSIF TG_OP = 'UPDATE' THEN
-        %3$s
-        SELECT nextval('pgrelay.message_position_seq'), pg_current_xact_id(), v_next_xid, gen_random_uuid(), %4$L,
-               %5$s, 'update', jsonb_build_object('before', %8$s, 'after', %6$s, 'changed', c.changed), %7$s
-        FROM pgrelay_old AS o
-        JOIN pgrelay_new AS n ON %9$s
-        CROSS JOIN LATERAL (SELECT %10$s AS changed) AS c
-        WHERE NOT %11$L OR c.changed <> '[]';
-        -- A key changed: the old key is deleted, the new one inserted.
-        %3$s
-        SELECT nextval('pgrelay.message_position_seq'), pg_current_xact_id(), v_next_xid, gen_random_uuid(), %4$L,
-               %12$s, 'delete', jsonb_build_object('before', %8$s, 'after', NULL, 'changed', NULL), %7$s
-        FROM pgrelay_old AS o WHERE NOT EXISTS (SELECT 1 FROM pgrelay_new AS n WHERE %9$s);
-        %3$s
-        SELECT nextval('pgrelay.message_position_seq'), pg_current_xact_id(), v_next_xid, gen_random_uuid(), %4$L,
-               %5$s, 'insert', jsonb_build_object('before', NULL, 'after', %6$s, 'changed', NULL), %7$s
-        FROM pgrelay_new AS n WHERE NOT EXISTS (SELECT 1 FROM pgrelay_old AS o WHERE %9$s);
+        -- Each side's to_jsonb(row) is computed once (OFFSET 0 keeps the subquery from being
+        -- flattened, which would compute it again for every use).
+        %5$s
+        SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, gen_random_uuid(), %6$L,
+               coalesce(r.n_key, r.o_key),
+               CASE WHEN r.o_key IS NULL THEN 'insert' WHEN r.n_key IS NULL THEN 'delete' ELSE 'update' END,
+               jsonb_build_object('before', %16$s, 'after', %17$s, 'changed', c.changed), v_meta
+        FROM (SELECT CASE WHEN o.%9$s IS NOT NULL THEN %10$s END AS o_key,
+                     CASE WHEN n.%9$s IS NOT NULL THEN %7$s END AS n_key,
+                     CASE WHEN o.%9$s IS NOT NULL THEN to_jsonb(o.*) END AS o_row,
+                     CASE WHEN n.%9$s IS NOT NULL THEN to_jsonb(n.*) END AS n_row
+              FROM pgrelay_old AS o FULL JOIN pgrelay_new AS n ON %12$s
+              OFFSET 0) AS r
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN r.o_key IS NOT NULL AND r.n_key IS NOT NULL THEN
+                       (SELECT coalesce(jsonb_agg(e.key ORDER BY e.key), '[]') FROM jsonb_each(r.n_row) AS e
+                        WHERE r.o_row -> e.key IS DISTINCT FROM e.value AND e.key <> ALL (%13$L::text[]))
+                   END AS changed
+        ) AS c
+        WHERE NOT %14$L OR c.changed IS NULL OR c.changed <> '[]';
     ELSIF TG_OP = 'DELETE' THEN
-        %3$s
-        SELECT nextval('pgrelay.message_position_seq'), pg_current_xact_id(), v_next_xid, gen_random_uuid(), %4$L,
-               %12$s, 'delete', jsonb_build_object('before', %8$s, 'after', NULL, 'changed', NULL), %7$s
+        %5$s
+        SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, gen_random_uuid(), %6$L,
+               %10$s, 'delete', jsonb_build_object('before', %11$s, 'after', NULL, 'changed', NULL), v_meta
         FROM pgrelay_old AS o;
+    ELSIF TG_OP = 'TRUNCATE' AND TG_WHEN = 'BEFORE' THEN
+        EXECUTE %15$L || TG_RELID::regclass::text || ' AS o'
+        USING v_xid, v_next_xid, v_meta || jsonb_build_object('partition_truncated', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
     ELSIF TG_OP = 'TRUNCATE' THEN
-        %3$s
-        VALUES (nextval('pgrelay.message_position_seq'), pg_current_xact_id(), v_next_xid, gen_random_uuid(), %4$L,
-                NULL, 'truncate', jsonb_build_object('before', NULL, 'after', NULL, 'changed', NULL), %7$s);
+        %5$s
+        VALUES (nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, gen_random_uuid(), %6$L,
+                NULL, 'truncate', jsonb_build_object('before', NULL, 'after', NULL, 'changed', NULL), v_meta);
     END IF;
-    PERFORM pgrelay._ring_doorbell(%4$L);
+    PERFORM pgrelay._ring_doorbell(%6$L);
     RETURN NULL;
 END;
-$body$;
-$f$, v_fn, p_relid::regclass, v_insert, v_cfg.topic, v_key_new, v_img_new, v_meta, v_img_old, v_join,
-       v_changed, v_cfg.skip_unchanged, v_key_old);
-    EXECUTE v_body;
+$f$, v_fn, p_relid, v_schema, v_table, v_insert, v_cfg.topic, v_key_new, v_img_new, v_cols[1], v_key_old,
+       v_img_old, v_join, v_exclude, v_cfg.skip_unchanged,
+       format($q$%s SELECT nextval('pgrelay.message_position_seq'), $1, $2, gen_random_uuid(), %L, %s, 'delete',
+                  jsonb_build_object('before', %s, 'after', NULL, 'changed', NULL), $3 FROM $q$,
+              v_insert, v_cfg.topic, v_key_old, v_img_old),
+       v_img_old_r, v_img_new_r);
+    -- jit = off: a bulk statement's estimates (transition tables have no statistics) made JIT
+    -- compile for longer than the capture itself took.
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SET jit = off AS %L', v_fn, v_body);
 
-    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_cdc_insert ON %s', p_relid::regclass);
-    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_cdc_update ON %s', p_relid::regclass);
-    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_cdc_delete ON %s', p_relid::regclass);
-    EXECUTE format('DROP TRIGGER IF EXISTS pgrelay_cdc_truncate ON %s', p_relid::regclass);
-    IF 'insert' = ANY (v_cfg.operations) THEN
-        EXECUTE format('CREATE TRIGGER pgrelay_cdc_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS pgrelay_new '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION %s()', p_relid::regclass, v_fn);
-    END IF;
-    IF 'update' = ANY (v_cfg.operations) THEN
-        EXECUTE format('CREATE TRIGGER pgrelay_cdc_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS pgrelay_old '
-                       'NEW TABLE AS pgrelay_new FOR EACH STATEMENT EXECUTE FUNCTION %s()', p_relid::regclass, v_fn);
-    END IF;
-    IF 'delete' = ANY (v_cfg.operations) THEN
-        EXECUTE format('CREATE TRIGGER pgrelay_cdc_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS pgrelay_old '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION %s()', p_relid::regclass, v_fn);
-    END IF;
-    IF 'truncate' = ANY (v_cfg.operations) THEN
-        EXECUTE format('CREATE TRIGGER pgrelay_cdc_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
-                       p_relid::regclass, v_fn);
-    END IF;
+    -- Drop every capture trigger of this table's function (partitions that were detached
+    -- included), then create them on the table and its current partitions.
+    FOR v_trig IN
+        SELECT g.tgname, g.tgrelid::regclass AS tbl FROM pg_trigger g WHERE g.tgfoid = to_regprocedure(v_fn || '()')
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', v_trig.tgname, v_trig.tbl);
+    END LOOP;
+    -- pg_partition_tree() is empty for a table that is not partitioned.
+    FOR v_part IN
+        SELECT p_relid::regclass
+        UNION ALL
+        (SELECT t.relid FROM pg_partition_tree(p_relid) AS t(relid, parentrelid, isleaf, level) WHERE t.relid <> p_relid ORDER BY t.level)
+    LOOP
+        IF 'insert' = ANY (v_cfg.operations) THEN
+            EXECUTE format('CREATE TRIGGER pgrelay_cdc_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS pgrelay_new '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION %s()', v_part, v_fn);
+        END IF;
+        IF 'update' = ANY (v_cfg.operations) THEN
+            EXECUTE format('CREATE TRIGGER pgrelay_cdc_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS pgrelay_old '
+                           'NEW TABLE AS pgrelay_new FOR EACH STATEMENT EXECUTE FUNCTION %s()', v_part, v_fn);
+        END IF;
+        IF 'delete' = ANY (v_cfg.operations) THEN
+            EXECUTE format('CREATE TRIGGER pgrelay_cdc_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS pgrelay_old '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION %s()', v_part, v_fn);
+        END IF;
+        IF 'truncate' = ANY (v_cfg.operations) AND v_part = p_relid::regclass THEN
+            EXECUTE format('CREATE TRIGGER pgrelay_cdc_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+                           v_part, v_fn);
+        ELSIF v_part <> p_relid::regclass AND ('delete' = ANY (v_cfg.operations) OR 'truncate' = ANY (v_cfg.operations)) THEN
+            EXECUTE format('CREATE TRIGGER pgrelay_cdc_truncate BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+                           v_part, v_fn);
+        END IF;
+    END LOOP;
 END;
 $$;
