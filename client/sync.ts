@@ -25,6 +25,15 @@ const checkpointSchema = z.object({
   last_source_at: z.string().nullable(),
 });
 const lagSchema = z.object({ pending: z.string(), lag_seconds: z.number() });
+const statusSchema = z.object({
+  sync_name: z.string(),
+  cursor_xid: z.string(),
+  cursor_position: z.string(),
+  pending: z.string(),
+  lag_seconds: z.number(),
+  applied_at: z.string().nullable(),
+});
+export type SyncStatus = z.infer<typeof statusSchema>;
 
 export function syncMethods(connection: CommonQueryMethods) {
   return {
@@ -33,6 +42,11 @@ export function syncMethods(connection: CommonQueryMethods) {
       mapErrors(async () => {
         await connection.query(sql.type(voidSchema)`
           SELECT pgrelay.sync_define(${name}, ${sql.array([...topics], 'text')}, ${sql.jsonb(target as never)}, ${sql.jsonb(options as never)})`);
+      }),
+    /** Records, in the source, where a sync's target checkpoint is (the daemon does this). */
+    progress: (name: string, cursor: { xid: string; position: string }) =>
+      mapErrors(async () => {
+        await connection.query(sql.type(voidSchema)`SELECT pgrelay.sync_progress(${name}, ${cursor.xid}::xid8, ${cursor.position}::bigint)`);
       }),
     drop: (name: string) =>
       mapErrors(async () => {
@@ -48,6 +62,17 @@ export function syncMethods(connection: CommonQueryMethods) {
           SELECT name, cursor_xid::text AS cursor_xid, cursor_position, applied, skipped_stale, last_applied_at, last_source_at
           FROM pgrelay.sync_checkpoints WHERE name = ${name}`),
       ),
+    /**
+     * Every sync defined here (the source) with its lag: source messages after its applied cursor
+     * (pgrelay.sync_lag; for a cross-database sync the cursor the daemon last reported) and the
+     * age in seconds of the oldest.
+     */
+    status: (name?: string) =>
+      mapErrors(async () => [
+        ...(await connection.any(sql.type(statusSchema)`
+          SELECT sync_name, cursor_xid::text AS cursor_xid, cursor_position, pending, lag_seconds, applied_at
+          FROM pgrelay.sync_lag(${name ?? null})`)),
+      ]),
     /** Lag of a reader at a cursor on the source: pending messages and seconds behind. */
     lag: (topics: readonly string[], cursor: { xid: string; position: string }) =>
       mapErrors(() =>

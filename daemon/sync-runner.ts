@@ -9,14 +9,18 @@ export const syncSchema = z.object({
   target: z.record(z.unknown()),
   source_table: z.string().nullable(),
   paused: z.boolean(),
+  /** The source's copy of the target checkpoint (pgrelay.sync_progress). */
+  applied_xid: z.string(),
+  applied_position: z.string(),
 });
 export type SyncDefinition = z.infer<typeof syncSchema>;
 
 const checkpointSchema = z.object({ cursor_xid: z.string(), cursor_position: z.string() });
 const countSchema = z.object({ n: z.number() });
+const voidSchema = z.object({}).passthrough();
 
 export async function listSyncs(source: DatabasePool): Promise<SyncDefinition[]> {
-  return [...(await source.any(sql.type(syncSchema)`SELECT name, topics, source_format, target, source_table, paused FROM pgrelay.syncs ORDER BY name`))];
+  return [...(await source.any(sql.type(syncSchema)`SELECT name, topics, source_format, target, source_table, paused, applied_xid::text AS applied_xid, applied_position::text AS applied_position FROM pgrelay.syncs ORDER BY name`))];
 }
 
 /** The target database's checkpoint for a sync (start of the log when it has none yet). */
@@ -29,17 +33,31 @@ export async function syncCheckpoint(target: DatabasePool, name: string): Promis
 /**
  * One step of a cross-database sync: read the next gapless batch from the source after the
  * checkpoint kept in the target, then apply it there with pgrelay.sync_apply, which moves the
- * checkpoint in the same target transaction. Returns the number of row changes applied.
+ * checkpoint in the same target transaction. The checkpoint is then copied back to the source
+ * (pgrelay.sync_progress) for lag figures and so retention keeps what the target has not applied;
+ * a crash before that copy only leaves it behind until the next step. Returns row changes applied.
  */
 export async function runSyncStep(source: DatabasePool, target: DatabasePool, sync: SyncDefinition, maxMessages = 2000): Promise<number> {
   const from = await syncCheckpoint(target, sync.name);
   const batch = await read(source, from, { maxMessages, topics: sync.topics });
-  if (batch.messages.length === 0) return 0;
+  if (batch.messages.length === 0) {
+    await reportProgress(source, sync, from);
+    return 0;
+  }
   const messages = batch.messages.map((m) => ({ position: m.position, type: m.type, data: m.data, created_at: m.created_at }));
-  return target.oneFirst(sql.type(countSchema)`
+  const applied = await target.oneFirst(sql.type(countSchema)`
     SELECT pgrelay.sync_apply(${sync.name}, ${sql.jsonb(sync.target as never)}, ${sql.jsonb(messages as never)},
                               ${from.xid}::xid8, ${from.position}::bigint, ${batch.cursor.xid}::xid8, ${batch.cursor.position}::bigint,
                               ${sync.source_format}) AS n`);
+  await reportProgress(source, sync, batch.cursor);
+  return applied;
+}
+
+async function reportProgress(source: DatabasePool, sync: SyncDefinition, cursor: Cursor): Promise<void> {
+  if (cursor.xid === sync.applied_xid && cursor.position === sync.applied_position) return;
+  await source.query(sql.type(voidSchema)`SELECT pgrelay.sync_progress(${sync.name}, ${cursor.xid}::xid8, ${cursor.position}::bigint)`);
+  sync.applied_xid = cursor.xid;
+  sync.applied_position = cursor.position;
 }
 
 /** Same-database sync: read and apply in one source transaction. */

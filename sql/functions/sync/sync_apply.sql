@@ -39,6 +39,7 @@ DECLARE
     v_delete    jsonb := coalesce(target -> 'delete', '"delete"');
     v_soft      text;
     v_soft_val  text;
+    v_soft_undo text;
     v_truncate  bigint;
     v_applied   integer;
     v_stale     integer;
@@ -73,8 +74,14 @@ BEGIN
     SELECT m.columns, m.expression INTO v_cols, v_map FROM pgrelay._sync_mapping(target, v_tbl) AS m;
     IF jsonb_typeof(v_delete) = 'object' THEN
         v_soft := v_delete ->> 'soft';
-        v_soft_val := CASE WHEN (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = v_tbl AND a.attname = v_soft) = 'boolean'::regtype
-                           THEN 'true' ELSE 'now()' END;
+        -- A boolean soft-delete column is set true (and back to false); any other type gets now() (and NULL).
+        IF (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = v_tbl AND a.attname = v_soft) = 'boolean'::regtype THEN
+            v_soft_val := 'true';
+            v_soft_undo := 'false';
+        ELSE
+            v_soft_val := 'now()';
+            v_soft_undo := 'NULL';
+        END IF;
     END IF;
     v_keyexpr := 'jsonb_build_array(' || (SELECT string_agg(format('obj -> %L', k), ', ') FROM unnest(v_keys) k) || ')::text';
     v_join := (SELECT string_agg(format('t.%1$I = r.%1$I', k), ' AND ') FROM unnest(v_keys) k);
@@ -105,17 +112,24 @@ BEGIN
             FROM (
                 SELECT m.pos, m.is_delete, %2$s AS obj
                 FROM (
-                    SELECT (e ->> 'position')::bigint AS pos,
-                           CASE WHEN $2 = 'cdc' THEN e ->> 'type' = 'delete'
-                                ELSE e ->> 'type' IN (SELECT jsonb_array_elements_text(coalesce($3, '[]'))) END AS is_delete,
-                           CASE WHEN $2 = 'cdc' THEN coalesce(nullif(e -> 'data' -> 'after', 'null'), e -> 'data' -> 'before') ELSE e -> 'data' END AS img
+                    SELECT (e ->> 'position')::bigint AS pos, x.is_delete, x.img
                     FROM jsonb_array_elements($1) AS e
+                    CROSS JOIN LATERAL (
+                        SELECT CASE WHEN $2 = 'cdc' THEN e ->> 'type' = 'delete'
+                                    ELSE e ->> 'type' IN (SELECT jsonb_array_elements_text(coalesce($3, '[]'))) END,
+                               CASE WHEN $2 = 'cdc' THEN coalesce(nullif(e -> 'data' -> 'after', 'null'), e -> 'data' -> 'before') ELSE e -> 'data' END
+                        UNION ALL
+                        -- An update may change the key: the before image's key is deleted. When the
+                        -- key did not change, the upsert of the same position wins (ORDER BY below).
+                        SELECT true, e -> 'data' -> 'before'
+                        WHERE $2 = 'cdc' AND e ->> 'type' = 'update' AND jsonb_typeof(e -> 'data' -> 'before') = 'object'
+                    ) AS x(is_delete, img)
                     WHERE NOT (e ->> 'type' = 'truncate' AND $2 = 'cdc') AND (e ->> 'position')::bigint > $4
                 ) AS m(pos, is_delete, img)
             ) AS ch(pos, is_delete, obj)
         ) AS k
-        ORDER BY k.row_key, k.pos DESC
-    $q$, v_keyexpr, replace(v_map, 'img', 'm.img'))
+        ORDER BY k.row_key, k.pos DESC, k.is_delete
+    $q$, v_keyexpr, v_map)
     USING sync_apply.messages, sync_apply.source_format, target -> 'delete_types', v_cp.truncate_position;
 
     -- Stale: the row already reflects a newer position.
@@ -133,8 +147,8 @@ BEGIN
          (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_cols) c),
          (SELECT string_agg(format('r.%I', c), ', ') FROM unnest(v_cols) c),
          (SELECT string_agg(format('%I', k), ', ') FROM unnest(v_keys) k),
-         CASE WHEN v_set = '' THEN 'NOTHING' ELSE 'UPDATE SET ' || v_set
-              || CASE WHEN v_soft IS NOT NULL THEN format(', %I = NULL', v_soft) ELSE '' END END);
+         CASE WHEN v_set = '' AND v_soft IS NULL THEN 'NOTHING'
+              ELSE 'UPDATE SET ' || array_to_string(ARRAY[nullif(v_set, ''), CASE WHEN v_soft IS NOT NULL THEN format('%I = %s', v_soft, v_soft_undo) END], ', ') END);
     IF v_delete = '"delete"' THEN
         EXECUTE format('DELETE FROM %s AS t USING pgrelay_sync_batch b, jsonb_populate_record(NULL::%s, b.obj) AS r WHERE b.is_delete AND %s',
                        v_tbl, v_tbl, v_join);
