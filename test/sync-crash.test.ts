@@ -164,4 +164,5 @@ t.test('10,000 concurrent changes, daemon SIGKILLed and restarted: target equals
   t.pass('/metrics: pgrelay_sync_lag_messages{sync="user_snapshots"} 0');
   const metrics = await (await fetch(url)).text();
   t.match(metrics, /pgrelay_sync_lag_seconds\{sync="user_snapshots"\} /, '/metrics: pgrelay_sync_lag_seconds');
+  t.equal(await daemon.kill('SIGTERM'), 0, 'the last daemon stops cleanly on SIGTERM');
 });
