@@ -40,6 +40,7 @@ DECLARE
     v_soft      text;
     v_soft_val  text;
     v_soft_undo text;
+    v_bad       text;
     v_truncate  bigint;
     v_applied   integer;
     v_stale     integer;
@@ -52,6 +53,26 @@ BEGIN
     END IF;
     IF sync_apply.source_format IS NULL OR sync_apply.source_format NOT IN ('cdc', 'event') THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'source_format', 'must be ''cdc'' or ''event''');
+    END IF;
+    -- Every message must carry a position, a type and a row image (a malformed one stops the
+    -- sync with this error instead of writing a half-empty row).
+    SELECT format('message %s %s', ord,
+                  CASE WHEN jsonb_typeof(e) <> 'object' THEN 'is not an object'
+                       WHEN jsonb_typeof(e -> 'position') <> 'number' AND NOT coalesce(e ->> 'position' ~ '^[0-9]{1,19}$', false) THEN 'has no numeric "position"'
+                       WHEN jsonb_typeof(e -> 'type') IS DISTINCT FROM 'string' THEN 'has no string "type"'
+                       WHEN sync_apply.source_format = 'event' THEN 'has no object "data"'
+                       ELSE 'has no object "data" with an object "after" or "before"' END)
+      INTO v_bad
+    FROM jsonb_array_elements(sync_apply.messages) WITH ORDINALITY AS m(e, ord)
+    WHERE jsonb_typeof(e) <> 'object'
+       OR (jsonb_typeof(e -> 'position') IS DISTINCT FROM 'number' AND NOT coalesce(e ->> 'position' ~ '^[0-9]{1,19}$', false))
+       OR jsonb_typeof(e -> 'type') IS DISTINCT FROM 'string'
+       OR (sync_apply.source_format = 'event' AND jsonb_typeof(e -> 'data') IS DISTINCT FROM 'object')
+       OR (sync_apply.source_format = 'cdc' AND e ->> 'type' <> 'truncate'
+           AND jsonb_typeof(e -> 'data' -> 'after') IS DISTINCT FROM 'object' AND jsonb_typeof(e -> 'data' -> 'before') IS DISTINCT FROM 'object')
+    LIMIT 1;
+    IF v_bad IS NOT NULL THEN
+        PERFORM pgrelay._raise('PR001', v_fn, 'messages', v_bad);
     END IF;
     IF sync_apply.from_xid IS NULL OR sync_apply.from_position IS NULL OR sync_apply.to_xid IS NULL OR sync_apply.to_position IS NULL THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'to_position', 'the from/to cursors must not be null');
@@ -131,6 +152,14 @@ BEGIN
         ORDER BY k.row_key, k.pos DESC, k.is_delete
     $q$, v_keyexpr, v_map)
     USING sync_apply.messages, sync_apply.source_format, target -> 'delete_types', v_cp.truncate_position;
+
+    SELECT format('message at position %s maps to a row without its key columns %s', b.pos, target -> 'key_columns') INTO v_bad
+    FROM pgrelay_sync_batch b
+    WHERE EXISTS (SELECT 1 FROM unnest(v_keys) k WHERE b.obj -> k IS NULL OR b.obj -> k = 'null')
+    LIMIT 1;
+    IF v_bad IS NOT NULL THEN
+        PERFORM pgrelay._raise('PR001', v_fn, 'messages', v_bad);
+    END IF;
 
     -- Stale: the row already reflects a newer position.
     DELETE FROM pgrelay_sync_batch b
