@@ -1,6 +1,6 @@
 import { sql, type DatabasePool } from 'slonik';
 import { z } from 'zod';
-import { createPgrelayPool, read, type Cursor } from '../client/index.js';
+import { createPgrelayPool, type Cursor } from '../client/index.js';
 
 export const syncSchema = z.object({
   name: z.string(),
@@ -18,6 +18,7 @@ export type SyncDefinition = z.infer<typeof syncSchema>;
 const checkpointSchema = z.object({ cursor_xid: z.string(), cursor_position: z.string() });
 const countSchema = z.object({ n: z.number() });
 const voidSchema = z.object({}).passthrough();
+const batchSchema = z.object({ n: z.number(), messages: z.string().nullable(), xid: z.string().nullable(), position: z.string().nullable() });
 
 export async function listSyncs(source: DatabasePool): Promise<SyncDefinition[]> {
   return [...(await source.any(sql.type(syncSchema)`SELECT name, topics, source_format, target, source_table, paused, applied_xid::text AS applied_xid, applied_position::text AS applied_position FROM pgrelay.syncs ORDER BY name`))];
@@ -30,26 +31,44 @@ export async function syncCheckpoint(target: DatabasePool, name: string): Promis
   return row === null ? { xid: '0', position: '0' } : { xid: row.cursor_xid, position: row.cursor_position };
 }
 
+type Batch = { n: number; messages: string | null; to: Cursor };
+
+/** The next batch after a cursor, as the JSON text pgrelay.sync_apply takes (never decoded here). */
+async function readBatch(source: DatabasePool, sync: SyncDefinition, from: Cursor, maxMessages: number): Promise<Batch> {
+  const row = await source.one(sql.type(batchSchema)`
+    SELECT messages_count AS n, messages, to_xid::text AS xid, to_position::text AS position
+    FROM pgrelay.sync_read(${sql.array(sync.topics, 'text')}, ${from.xid}::xid8, ${from.position}::bigint, ${maxMessages})`);
+  return { n: row.n, messages: row.messages, to: row.xid === null || row.position === null ? from : { xid: row.xid, position: row.position } };
+}
+
 /**
- * One step of a cross-database sync: read the next gapless batch from the source after the
- * checkpoint kept in the target, then apply it there with pgrelay.sync_apply, which moves the
- * checkpoint in the same target transaction. The checkpoint is then copied back to the source
+ * One step of a cross-database sync: read gapless batches from the source after the checkpoint
+ * kept in the target and apply each there with pgrelay.sync_apply, which moves the checkpoint in
+ * the same target transaction. Reading batch N+1 overlaps applying batch N; a prefetched batch
+ * applies only if the checkpoint is where it starts (sync_apply checks), else the step ends.
+ * At most maxBatches batches, then the checkpoint is copied back to the source
  * (pgrelay.sync_progress) for lag figures and so retention keeps what the target has not applied;
  * a crash before that copy only leaves it behind until the next step. Returns row changes applied.
  */
-export async function runSyncStep(source: DatabasePool, target: DatabasePool, sync: SyncDefinition, maxMessages = 2000): Promise<number> {
-  const from = await syncCheckpoint(target, sync.name);
-  const batch = await read(source, from, { maxMessages, topics: sync.topics });
-  if (batch.messages.length === 0) {
-    await reportProgress(source, sync, from);
-    return 0;
+export async function runSyncStep(source: DatabasePool, target: DatabasePool, sync: SyncDefinition, maxMessages = 2000, maxBatches = 8): Promise<number> {
+  let from = await syncCheckpoint(target, sync.name);
+  let next = readBatch(source, sync, from, maxMessages);
+  let applied = 0;
+  try {
+    for (let i = 0; i < maxBatches; i++) {
+      const batch = await next;
+      if (batch.n === 0 || batch.messages === null) break;
+      next = i + 1 < maxBatches ? readBatch(source, sync, batch.to, maxMessages) : Promise.resolve({ n: 0, messages: null, to: batch.to });
+      applied += await target.oneFirst(sql.type(countSchema)`
+        SELECT pgrelay.sync_apply(${sync.name}, ${sql.jsonb(sync.target as never)}, ${batch.messages}::jsonb,
+                                  ${from.xid}::xid8, ${from.position}::bigint, ${batch.to.xid}::xid8, ${batch.to.position}::bigint,
+                                  ${sync.source_format}) AS n`);
+      from = batch.to;
+    }
+  } finally {
+    next.catch(() => {}); // a prefetch nobody will use
   }
-  const messages = batch.messages.map((m) => ({ position: m.position, type: m.type, data: m.data, created_at: m.created_at }));
-  const applied = await target.oneFirst(sql.type(countSchema)`
-    SELECT pgrelay.sync_apply(${sync.name}, ${sql.jsonb(sync.target as never)}, ${sql.jsonb(messages as never)},
-                              ${from.xid}::xid8, ${from.position}::bigint, ${batch.cursor.xid}::xid8, ${batch.cursor.position}::bigint,
-                              ${sync.source_format}) AS n`);
-  await reportProgress(source, sync, batch.cursor);
+  await reportProgress(source, sync, from);
   return applied;
 }
 

@@ -124,7 +124,7 @@ BEGIN
     IF to_regclass('pg_temp.pgrelay_sync_batch') IS NULL THEN
         CREATE TEMP TABLE pgrelay_sync_batch (row_key text, pos bigint, is_delete boolean, obj jsonb) ON COMMIT DELETE ROWS;
     END IF;
-    TRUNCATE pgrelay_sync_batch;
+    DELETE FROM pgrelay_sync_batch;
     EXECUTE format($q$
         INSERT INTO pgrelay_sync_batch (row_key, pos, is_delete, obj)
         SELECT DISTINCT ON (k.row_key) k.row_key, k.pos, k.is_delete, k.obj
@@ -197,7 +197,6 @@ BEGIN
            applied = c.applied + v_applied, skipped_stale = c.skipped_stale + v_stale,
            last_applied_at = clock_timestamp(), last_source_at = coalesce(v_latest, c.last_source_at)
      WHERE c.name = sync_apply.name;
-    TRUNCATE pgrelay_sync_batch;
     RETURN v_applied;
 END;
 $$;
