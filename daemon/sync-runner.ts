@@ -31,13 +31,26 @@ export async function syncCheckpoint(target: DatabasePool, name: string): Promis
   return row === null ? { xid: '0', position: '0' } : { xid: row.cursor_xid, position: row.cursor_position };
 }
 
+/** The source fields a sync's target key comes from, or null when one is computed by a function. */
+function sourceKeyFields(sync: SyncDefinition) {
+  const columns = (sync.target.columns ?? {}) as Record<string, unknown>;
+  const fields: string[] = [];
+  for (const key of (sync.target.key_columns ?? []) as string[]) {
+    const mapped = columns[key] ?? key;
+    if (typeof mapped !== 'string') return null;
+    fields.push(mapped);
+  }
+  return sql.array(fields, 'text');
+}
+
 type Batch = { n: number; messages: string | null; to: Cursor };
 
 /** The next batch after a cursor, as the JSON text pgrelay.sync_apply takes (never decoded here). */
 async function readBatch(source: DatabasePool, sync: SyncDefinition, from: Cursor, maxMessages: number): Promise<Batch> {
   const row = await source.one(sql.type(batchSchema)`
     SELECT messages_count AS n, messages, to_xid::text AS xid, to_position::text AS position
-    FROM pgrelay.sync_read(${sql.array(sync.topics, 'text')}, ${from.xid}::xid8, ${from.position}::bigint, ${maxMessages})`);
+    FROM pgrelay.sync_read(${sql.array(sync.topics, 'text')}, ${from.xid}::xid8, ${from.position}::bigint, ${maxMessages},
+                           ${sync.source_format === 'cdc' ? sourceKeyFields(sync) : null})`);
   return { n: row.n, messages: row.messages, to: row.xid === null || row.position === null ? from : { xid: row.xid, position: row.position } };
 }
 

@@ -2,7 +2,10 @@
 -- next gapless batch after a sync's checkpoint, already as the JSON array pgrelay.sync_apply takes
 -- in the target ([{position, type, data, created_at}] in position order), with its size and the
 -- cursor the checkpoint moves to. One text value: the daemon passes it on without decoding it.
+-- key_fields (CDC only): the source fields the target key is built from; an update that changes
+-- none of them travels without its before image (sync_apply needs it only for key changes).
 CREATE OR REPLACE FUNCTION pgrelay.sync_read(topics text[], after_xid xid8, after_position bigint, max_messages integer DEFAULT 2000,
+                                             key_fields text[] DEFAULT NULL,
                                              OUT messages_count integer, OUT messages text, OUT to_xid xid8, OUT to_position bigint)
 LANGUAGE plpgsql
 STABLE
@@ -29,7 +32,13 @@ BEGIN
     to_xid := v_batch[messages_count].xid;
     to_position := v_batch[messages_count].position;
     -- json, not jsonb: building text is cheaper, and the target parses it once anyway.
-    messages := (SELECT json_agg(json_build_object('position', m.position, 'type', m.type, 'data', m.data, 'created_at', m.created_at) ORDER BY m.position)::text
+    messages := (SELECT json_agg(json_build_object('position', m.position, 'type', m.type,
+                                                   'data', CASE WHEN m.type = 'update' AND sync_read.key_fields IS NOT NULL
+                                                                     AND NOT EXISTS (SELECT 1 FROM unnest(sync_read.key_fields) AS k
+                                                                                     WHERE m.data -> 'before' -> k IS DISTINCT FROM m.data -> 'after' -> k)
+                                                                THEN jsonb_build_object('after', m.data -> 'after')
+                                                                ELSE m.data END,
+                                                   'created_at', m.created_at) ORDER BY m.position)::text
                  FROM unnest(v_batch) AS m);
 END;
 $$;
