@@ -148,7 +148,7 @@ t.test('reconcile while writers change the source and the sync applies: nothing 
   let writing = true;
   const writer = (async () => {
     const w = await connect(t, source.connectionString, 'race-writer');
-    for (let i = 0; i < 1500; i++) {
+    for (let i = 0; i < 800; i++) {
       const id = 1 + Math.floor(Math.random() * 450);
       const op = Math.random();
       if (op < 0.45) await w.query(`INSERT INTO public.users (id, username, email) VALUES ($1::int, 'n' || $2::text, 'n@x.test') ON CONFLICT (id) DO UPDATE SET username = excluded.username`, [id, i]);
