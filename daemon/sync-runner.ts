@@ -1,6 +1,6 @@
 import { sql, type DatabasePool } from 'slonik';
 import { z } from 'zod';
-import { createPgrelayPool, type Cursor } from '../client/index.js';
+import { createPgrelayPool, InvalidStateError, mapError, type Cursor } from '../client/index.js';
 
 export const syncSchema = z.object({
   name: z.string(),
@@ -72,10 +72,17 @@ export async function runSyncStep(source: DatabasePool, target: DatabasePool, sy
       const batch = await next;
       if (batch.n === 0 || batch.messages === null) break;
       next = i + 1 < maxBatches ? readBatch(source, sync, batch.to, maxMessages) : Promise.resolve({ n: 0, messages: null, to: batch.to });
-      applied += await target.oneFirst(sql.type(countSchema)`
-        SELECT pgrelay.sync_apply(${sync.name}, ${sql.jsonb(sync.target as never)}, ${batch.messages}::jsonb,
-                                  ${from.xid}::xid8, ${from.position}::bigint, ${batch.to.xid}::xid8, ${batch.to.position}::bigint,
-                                  ${sync.source_format}) AS n`);
+      try {
+        applied += await target.oneFirst(sql.type(countSchema)`
+          SELECT pgrelay.sync_apply(${sync.name}, ${sql.jsonb(sync.target as never)}, ${batch.messages}::jsonb,
+                                    ${from.xid}::xid8, ${from.position}::bigint, ${batch.to.xid}::xid8, ${batch.to.position}::bigint,
+                                    ${sync.source_format}) AS n`);
+      } catch (error) {
+        // Another daemon moved the checkpoint first (PR007): it applies this stretch; not a failure.
+        const mapped = mapError(error);
+        if (mapped instanceof InvalidStateError) return applied;
+        throw mapped;
+      }
       from = batch.to;
     }
   } finally {

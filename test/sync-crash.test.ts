@@ -1,6 +1,6 @@
 // Cross-database sync under fire: a source database whose users table is captured by CDC, a
 // target database with user_snapshots, and the real `pgrelay daemon` process (syncs defined from
-// its --sync-config file) applying the changes. 10,000 random inserts, updates and deletes from
+// its --sync-config file) applying the changes, while a second daemon races it for every batch. 10,000 random inserts, updates and deletes from
 // concurrent writers while the daemon is SIGKILLed and restarted several times: the target ends
 // exactly equal to the source's projection, and an audit trigger in the target proves no change
 // was applied twice (every write carries a unique version).
@@ -104,6 +104,9 @@ t.test('10,000 concurrent changes, daemon SIGKILLed and restarted: target equals
 
   let daemon = await start();
   t.teardown(() => daemon.kill('SIGKILL'));
+  // A second daemon applies the same sync the whole time: two appliers race for every batch.
+  const rival = await start();
+  t.teardown(() => rival.kill('SIGKILL'));
   const writing = Promise.all(Array.from({ length: WRITERS }, (_, i) => writer(source.connectionString, OPERATIONS / WRITERS, 1000 + i)));
   let writersDone = false;
   void writing.then(() => (writersDone = true), () => (writersDone = true));
@@ -128,7 +131,8 @@ t.test('10,000 concurrent changes, daemon SIGKILLed and restarted: target equals
   t.comment(`${killsWhileWriting} of ${kills} kills landed while the writers were still writing`);
   t.equal(written.reduce((a, b) => a + b, 0), OPERATIONS, `${OPERATIONS} operations committed by ${WRITERS} writers`);
   await daemon.kill('SIGKILL');
-  kills++;
+  await rival.kill('SIGKILL');
+  kills += 2;
   daemon = await start('0');
   const listening = await daemon.waitForLog((line) => typeof line.port === 'number');
 
