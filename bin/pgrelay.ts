@@ -10,8 +10,9 @@ const USAGE = `pgrelay <command>
 
   migrate up|down|status       install/upgrade, remove everything, or show migrations
   migrate sql                  print a plain SQL install script (for teams without Node)
-  daemon [--port 9187] [--only a,b]
-                               relay every subscription whose sink this daemon has
+  daemon [--port 9187] [--only a,b] [--sync-config FILE]
+                               relay every subscription whose sink this daemon has, and run syncs
+                               (FILE or PGRELAY_SYNC_CONFIG: syncs to define at start)
   demo [--follow]              the whole flow on an embedded PostgreSQL 18 (or DATABASE_URL)
   status                       subscriptions, lag per partition, what holds the horizon
   subscribe NAME --topics a,b.* --sink '{"type":"webhook","url":"http://..."}' [--options '{...}']
@@ -81,6 +82,7 @@ async function main(argv: readonly string[]): Promise<number> {
         port: port === 'off' ? null : Number(port ?? 9187),
         host: flag(args, 'host'),
         only: only === undefined ? undefined : only.split(','),
+        syncConfig: flag(args, 'sync-config') ?? process.env.PGRELAY_SYNC_CONFIG,
       });
       // Everything is released by now; a reconnect timer some driver left behind must not keep
       // the process (and its supervisor) waiting.
@@ -101,6 +103,7 @@ async function main(argv: readonly string[]): Promise<number> {
           subscriptions: await client.subscriptions.list(),
           lag: await client.subscriptions.lag(),
           projections: await client.projections.lag(),
+          syncs: await client.syncs.status(),
           horizon_stall: await client.horizonStall(),
         });
         return 0;

@@ -26,7 +26,7 @@ export {
 } from './subscriptions.js';
 export { startConsumer, deliverBatch, type Consumer, type ConsumeOptions, type Delivery, type Handler, type BatchOutcome } from './consume.js';
 export { createWaker, type Waker } from './waker.js';
-export { syncMethods, type SyncMethods, type SyncTarget, type SyncOptions } from './sync.js';
+export { syncMethods, type SyncMethods, type SyncTarget, type SyncOptions, type SyncStatus } from './sync.js';
 export { inboxReceive, inboxExpire, inboxMethods, type InboxMethods, type InboxExpireOptions } from './inbox.js';
 export { createInboxHandler, type InboxDelivery, type InboxHandler } from './inbox-handler.js';
 export {

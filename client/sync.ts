@@ -25,6 +25,16 @@ const checkpointSchema = z.object({
   last_source_at: z.string().nullable(),
 });
 const lagSchema = z.object({ pending: z.string(), lag_seconds: z.number() });
+const statusSchema = z.object({
+  sync_name: z.string(),
+  cursor_xid: z.string(),
+  cursor_position: z.string(),
+  pending: z.string(),
+  lag_seconds: z.number(),
+  applied_at: z.string().nullable(),
+});
+export type SyncStatus = z.infer<typeof statusSchema>;
+const reconcileSchema = z.object({ rows: z.string(), missing: z.string(), different: z.string(), extra: z.string() });
 
 export function syncMethods(connection: CommonQueryMethods) {
   return {
@@ -34,6 +44,11 @@ export function syncMethods(connection: CommonQueryMethods) {
         await connection.query(sql.type(voidSchema)`
           SELECT pgrelay.sync_define(${name}, ${sql.array([...topics], 'text')}, ${sql.jsonb(target as never)}, ${sql.jsonb(options as never)})`);
       }),
+    /** Records, in the source, where a sync's target checkpoint is (the daemon does this). */
+    progress: (name: string, cursor: { xid: string; position: string }) =>
+      mapErrors(async () => {
+        await connection.query(sql.type(voidSchema)`SELECT pgrelay.sync_progress(${name}, ${cursor.xid}::xid8, ${cursor.position}::bigint)`);
+      }),
     drop: (name: string) =>
       mapErrors(async () => {
         await connection.query(sql.type(voidSchema)`SELECT pgrelay.sync_drop(${name})`);
@@ -41,6 +56,12 @@ export function syncMethods(connection: CommonQueryMethods) {
     /** Same-database sync: apply the next batch now. Returns row changes applied (0: up to date). */
     run: (name: string, maxMessages = 1000) =>
       mapErrors(() => connection.oneFirst(sql.type(countSchema)`SELECT pgrelay.sync_run(${name}, ${maxMessages}) AS n`)),
+    /** Same-database sync: compare source and target in one transaction and repair drift. */
+    reconcile: (name: string, chunkSize = 1000) =>
+      mapErrors(() =>
+        connection.one(sql.type(reconcileSchema)`
+          SELECT rows, missing, different, extra FROM pgrelay.sync_reconcile(${name}, ${chunkSize})`),
+      ),
     /** Checkpoint of a sync, read from the database that holds it (the target). */
     checkpoint: (name: string) =>
       mapErrors(() =>
@@ -48,6 +69,17 @@ export function syncMethods(connection: CommonQueryMethods) {
           SELECT name, cursor_xid::text AS cursor_xid, cursor_position, applied, skipped_stale, last_applied_at, last_source_at
           FROM pgrelay.sync_checkpoints WHERE name = ${name}`),
       ),
+    /**
+     * Every sync defined here (the source) with its lag: source messages after its applied cursor
+     * (pgrelay.sync_lag; for a cross-database sync the cursor the daemon last reported) and the
+     * age in seconds of the oldest.
+     */
+    status: (name?: string) =>
+      mapErrors(async () => [
+        ...(await connection.any(sql.type(statusSchema)`
+          SELECT sync_name, cursor_xid::text AS cursor_xid, cursor_position, pending, lag_seconds, applied_at
+          FROM pgrelay.sync_lag(${name ?? null})`)),
+      ]),
     /** Lag of a reader at a cursor on the source: pending messages and seconds behind. */
     lag: (topics: readonly string[], cursor: { xid: string; position: string }) =>
       mapErrors(() =>

@@ -1,7 +1,7 @@
 import { sql, type DatabasePool } from 'slonik';
 import { z } from 'zod';
 import type { Waker } from '../client/index.js';
-import { createTargetPools, listSyncs, runLocalSync, runSyncStep, syncCheckpoint } from './sync-runner.js';
+import { createTargetPools, listSyncs, runLocalSync, runSyncStep, syncCheckpoint, type SyncDefinition } from './sync-runner.js';
 import type { Log } from './service.js';
 import type { RelayMetrics } from './metrics-types.js';
 
@@ -24,12 +24,18 @@ export function startDrivers(options: {
   env: NodeJS.ProcessEnv;
   metrics?: RelayMetrics;
   intervalMs?: number;
+  /** How often a sync's lag metric is recomputed. Default 2000 ms. */
+  lagRefreshMs?: number;
+  /** Source messages a sync reads per batch (one target transaction). Default 2000. */
+  syncBatch?: number;
   sagas?: boolean;
   projections?: boolean;
   syncs?: boolean;
 }) {
   const { pool, log } = options;
   const intervalMs = options.intervalMs ?? 250;
+  const lagRefreshMs = options.lagRefreshMs ?? 2000;
+  const syncBatch = options.syncBatch ?? 2000;
   const stats: DriverStats = { sagaTicks: 0, projectionApplied: 0, syncApplied: 0, errors: 0 };
   const targets = createTargetPools(options.env);
   let stopping = false;
@@ -71,6 +77,20 @@ export function startDrivers(options: {
     return total;
   };
 
+  // Lag figures cost a count over the pending log: refreshed every few seconds, not every batch.
+  const lagRefreshedAt = new Map<string, number>();
+  const refreshSyncLag = async (sync: SyncDefinition, target: DatabasePool): Promise<void> => {
+    if (options.metrics === undefined) return;
+    const now = Date.now();
+    if (now - (lagRefreshedAt.get(sync.name) ?? 0) < lagRefreshMs) return;
+    lagRefreshedAt.set(sync.name, now);
+    const cursor = await syncCheckpoint(target, sync.name);
+    const lag = await pool.one(sql.type(lagSchema)`
+      SELECT pending::text AS pending, lag_seconds
+      FROM pgrelay.log_lag(${sql.array(sync.topics, 'text')}, ${cursor.xid}::xid8, ${cursor.position}::bigint)`);
+    options.metrics.setSyncLag(sync.name, Number(lag.pending), lag.lag_seconds);
+  };
+
   const syncStep = async (): Promise<number> => {
     let total = 0;
     for (const sync of await listSyncs(pool)) {
@@ -78,14 +98,8 @@ export function startDrivers(options: {
       const variable = sync.target.database_env;
       try {
         const target = typeof variable === 'string' ? await targets.get(variable) : pool;
-        total += typeof variable === 'string' ? await runSyncStep(pool, target, sync) : await runLocalSync(pool, sync.name);
-        if (options.metrics !== undefined) {
-          const cursor = await syncCheckpoint(target, sync.name);
-          const lag = await pool.one(sql.type(lagSchema)`
-            SELECT pending::text AS pending, lag_seconds
-            FROM pgrelay.log_lag(${sql.array(sync.topics, 'text')}, ${cursor.xid}::xid8, ${cursor.position}::bigint)`);
-          options.metrics.setSyncLag(sync.name, Number(lag.pending), lag.lag_seconds);
-        }
+        total += typeof variable === 'string' ? await runSyncStep(pool, target, sync, syncBatch) : await runLocalSync(pool, sync.name, syncBatch);
+        await refreshSyncLag(sync, target);
       } catch (error) {
         stats.errors += 1;
         log.warn({ sync: sync.name, err: String(error) }, 'sync step failed');

@@ -4,6 +4,7 @@ import { createMetrics } from './metrics.js';
 import { createHttpServer } from './http.js';
 import { createLogger } from './logger.js';
 import type { SinkRegistry } from './sink.js';
+import { applySyncConfig } from './sync-config.js';
 
 export type DaemonOptions = {
   connectionString: string;
@@ -13,6 +14,8 @@ export type DaemonOptions = {
   only?: readonly string[];
   sinks?: SinkRegistry;
   idlePollMs?: number;
+  /** A sync config file to define syncs from at start (see daemon/sync-config.ts). */
+  syncConfig?: string;
 };
 
 export type Daemon = { service: RelayService; port: number | null; stop(): Promise<void> };
@@ -30,6 +33,14 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
     idlePollMs: options.idlePollMs,
   });
   await service.start();
+  if (options.syncConfig !== undefined && options.syncConfig !== '') {
+    try {
+      log.info({ file: options.syncConfig, syncs: await applySyncConfig(options.connectionString, options.syncConfig) }, 'syncs defined from the config file');
+    } catch (error) {
+      await service.stop();
+      throw error;
+    }
+  }
   let http: ReturnType<typeof createHttpServer> | undefined;
   let port: number | null = null;
   if (options.port !== null) {

@@ -15,6 +15,11 @@ CREATE TABLE pgrelay.syncs (
     target        jsonb       NOT NULL,
     source_table  text,
     paused        boolean     NOT NULL DEFAULT false,
+    -- Where the sync's target checkpoint was last seen (kept here, in the source, for lag and for
+    -- retention: the log must keep what a cross-database sync has not applied yet). Only moves forward.
+    applied_xid      xid8     NOT NULL DEFAULT '0',
+    applied_position bigint   NOT NULL DEFAULT 0,
+    applied_at    timestamptz,
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now()
 );

@@ -36,6 +36,7 @@ BEGIN
                 CONTINUE;
             END IF;
             IF jsonb_typeof(v_value) <> 'object' OR jsonb_typeof(v_value -> 'function') IS DISTINCT FROM 'string'
+               OR (v_value ->> 'function') !~ '^("?[A-Za-z_][A-Za-z0-9_$]*"?\.)?"?[A-Za-z_][A-Za-z0-9_$]*"?$'
                OR to_regprocedure((v_value ->> 'function') || '(jsonb)') IS NULL THEN
                 PERFORM pgrelay._raise('PR001', p_function, 'target',
                     format('"columns".%s must be a source field name or {"function": "schema.fn"} naming a function (row jsonb)', v_key));
@@ -53,7 +54,7 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    v_tbl := to_regclass(p_target ->> 'table');
+    v_tbl := pgrelay._sync_regclass(p_target ->> 'table');
     IF v_tbl IS NULL THEN
         PERFORM pgrelay._raise('PR001', p_function, 'target', format('"table" names no table here: %L', p_target ->> 'table'));
     END IF;

@@ -39,6 +39,8 @@ DECLARE
     v_delete    jsonb := coalesce(target -> 'delete', '"delete"');
     v_soft      text;
     v_soft_val  text;
+    v_soft_undo text;
+    v_bad       text;
     v_truncate  bigint;
     v_applied   integer;
     v_stale     integer;
@@ -51,6 +53,26 @@ BEGIN
     END IF;
     IF sync_apply.source_format IS NULL OR sync_apply.source_format NOT IN ('cdc', 'event') THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'source_format', 'must be ''cdc'' or ''event''');
+    END IF;
+    -- Every message must carry a position, a type and a row image (a malformed one stops the
+    -- sync with this error instead of writing a half-empty row).
+    SELECT format('message %s %s', ord,
+                  CASE WHEN jsonb_typeof(e) <> 'object' THEN 'is not an object'
+                       WHEN jsonb_typeof(e -> 'position') <> 'number' AND NOT coalesce(e ->> 'position' ~ '^[0-9]{1,19}$', false) THEN 'has no numeric "position"'
+                       WHEN jsonb_typeof(e -> 'type') IS DISTINCT FROM 'string' THEN 'has no string "type"'
+                       WHEN sync_apply.source_format = 'event' THEN 'has no object "data"'
+                       ELSE 'has no object "data" with an object "after" or "before"' END)
+      INTO v_bad
+    FROM jsonb_array_elements(sync_apply.messages) WITH ORDINALITY AS m(e, ord)
+    WHERE jsonb_typeof(e) <> 'object'
+       OR (jsonb_typeof(e -> 'position') IS DISTINCT FROM 'number' AND NOT coalesce(e ->> 'position' ~ '^[0-9]{1,19}$', false))
+       OR jsonb_typeof(e -> 'type') IS DISTINCT FROM 'string'
+       OR (sync_apply.source_format = 'event' AND jsonb_typeof(e -> 'data') IS DISTINCT FROM 'object')
+       OR (sync_apply.source_format = 'cdc' AND e ->> 'type' <> 'truncate'
+           AND jsonb_typeof(e -> 'data' -> 'after') IS DISTINCT FROM 'object' AND jsonb_typeof(e -> 'data' -> 'before') IS DISTINCT FROM 'object')
+    LIMIT 1;
+    IF v_bad IS NOT NULL THEN
+        PERFORM pgrelay._raise('PR001', v_fn, 'messages', v_bad);
     END IF;
     IF sync_apply.from_xid IS NULL OR sync_apply.from_position IS NULL OR sync_apply.to_xid IS NULL OR sync_apply.to_position IS NULL THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'to_position', 'the from/to cursors must not be null');
@@ -73,8 +95,14 @@ BEGIN
     SELECT m.columns, m.expression INTO v_cols, v_map FROM pgrelay._sync_mapping(target, v_tbl) AS m;
     IF jsonb_typeof(v_delete) = 'object' THEN
         v_soft := v_delete ->> 'soft';
-        v_soft_val := CASE WHEN (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = v_tbl AND a.attname = v_soft) = 'boolean'::regtype
-                           THEN 'true' ELSE 'now()' END;
+        -- A boolean soft-delete column is set true (and back to false); any other type gets now() (and NULL).
+        IF (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = v_tbl AND a.attname = v_soft) = 'boolean'::regtype THEN
+            v_soft_val := 'true';
+            v_soft_undo := 'false';
+        ELSE
+            v_soft_val := 'now()';
+            v_soft_undo := 'NULL';
+        END IF;
     END IF;
     v_keyexpr := 'jsonb_build_array(' || (SELECT string_agg(format('obj -> %L', k), ', ') FROM unnest(v_keys) k) || ')::text';
     v_join := (SELECT string_agg(format('t.%1$I = r.%1$I', k), ' AND ') FROM unnest(v_keys) k);
@@ -96,7 +124,7 @@ BEGIN
     IF to_regclass('pg_temp.pgrelay_sync_batch') IS NULL THEN
         CREATE TEMP TABLE pgrelay_sync_batch (row_key text, pos bigint, is_delete boolean, obj jsonb) ON COMMIT DELETE ROWS;
     END IF;
-    TRUNCATE pgrelay_sync_batch;
+    DELETE FROM pgrelay_sync_batch;
     EXECUTE format($q$
         INSERT INTO pgrelay_sync_batch (row_key, pos, is_delete, obj)
         SELECT DISTINCT ON (k.row_key) k.row_key, k.pos, k.is_delete, k.obj
@@ -105,18 +133,33 @@ BEGIN
             FROM (
                 SELECT m.pos, m.is_delete, %2$s AS obj
                 FROM (
-                    SELECT (e ->> 'position')::bigint AS pos,
-                           CASE WHEN $2 = 'cdc' THEN e ->> 'type' = 'delete'
-                                ELSE e ->> 'type' IN (SELECT jsonb_array_elements_text(coalesce($3, '[]'))) END AS is_delete,
-                           CASE WHEN $2 = 'cdc' THEN coalesce(nullif(e -> 'data' -> 'after', 'null'), e -> 'data' -> 'before') ELSE e -> 'data' END AS img
+                    SELECT (e ->> 'position')::bigint AS pos, x.is_delete, x.img
                     FROM jsonb_array_elements($1) AS e
+                    CROSS JOIN LATERAL (
+                        SELECT CASE WHEN $2 = 'cdc' THEN e ->> 'type' = 'delete'
+                                    ELSE e ->> 'type' IN (SELECT jsonb_array_elements_text(coalesce($3, '[]'))) END,
+                               CASE WHEN $2 = 'cdc' THEN coalesce(nullif(e -> 'data' -> 'after', 'null'), e -> 'data' -> 'before') ELSE e -> 'data' END
+                        UNION ALL
+                        -- An update may change the key: the before image's key is deleted. When the
+                        -- key did not change, the upsert of the same position wins (ORDER BY below).
+                        SELECT true, e -> 'data' -> 'before'
+                        WHERE $2 = 'cdc' AND e ->> 'type' = 'update' AND jsonb_typeof(e -> 'data' -> 'before') = 'object'
+                    ) AS x(is_delete, img)
                     WHERE NOT (e ->> 'type' = 'truncate' AND $2 = 'cdc') AND (e ->> 'position')::bigint > $4
                 ) AS m(pos, is_delete, img)
             ) AS ch(pos, is_delete, obj)
         ) AS k
-        ORDER BY k.row_key, k.pos DESC
-    $q$, v_keyexpr, replace(v_map, 'img', 'm.img'))
+        ORDER BY k.row_key, k.pos DESC, k.is_delete
+    $q$, v_keyexpr, v_map)
     USING sync_apply.messages, sync_apply.source_format, target -> 'delete_types', v_cp.truncate_position;
+
+    SELECT format('message at position %s maps to a row without its key columns %s', b.pos, target -> 'key_columns') INTO v_bad
+    FROM pgrelay_sync_batch b
+    WHERE EXISTS (SELECT 1 FROM unnest(v_keys) k WHERE b.obj -> k IS NULL OR b.obj -> k = 'null')
+    LIMIT 1;
+    IF v_bad IS NOT NULL THEN
+        PERFORM pgrelay._raise('PR001', v_fn, 'messages', v_bad);
+    END IF;
 
     -- Stale: the row already reflects a newer position.
     DELETE FROM pgrelay_sync_batch b
@@ -133,8 +176,8 @@ BEGIN
          (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_cols) c),
          (SELECT string_agg(format('r.%I', c), ', ') FROM unnest(v_cols) c),
          (SELECT string_agg(format('%I', k), ', ') FROM unnest(v_keys) k),
-         CASE WHEN v_set = '' THEN 'NOTHING' ELSE 'UPDATE SET ' || v_set
-              || CASE WHEN v_soft IS NOT NULL THEN format(', %I = NULL', v_soft) ELSE '' END END);
+         CASE WHEN v_set = '' AND v_soft IS NULL THEN 'NOTHING'
+              ELSE 'UPDATE SET ' || array_to_string(ARRAY[nullif(v_set, ''), CASE WHEN v_soft IS NOT NULL THEN format('%I = %s', v_soft, v_soft_undo) END], ', ') END);
     IF v_delete = '"delete"' THEN
         EXECUTE format('DELETE FROM %s AS t USING pgrelay_sync_batch b, jsonb_populate_record(NULL::%s, b.obj) AS r WHERE b.is_delete AND %s',
                        v_tbl, v_tbl, v_join);
@@ -154,7 +197,6 @@ BEGIN
            applied = c.applied + v_applied, skipped_stale = c.skipped_stale + v_stale,
            last_applied_at = clock_timestamp(), last_source_at = coalesce(v_latest, c.last_source_at)
      WHERE c.name = sync_apply.name;
-    TRUNCATE pgrelay_sync_batch;
     RETURN v_applied;
 END;
 $$;

@@ -34,7 +34,9 @@ BEGIN
         OR EXISTS (SELECT 1 FROM jsonb_array_elements(sync_define.options -> 'delete_types') e WHERE jsonb_typeof(e) <> 'string')) THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'options', '"delete_types" must be an array of strings');
     END IF;
-    IF sync_define.options ? 'source_table' AND to_regclass(sync_define.options ->> 'source_table') IS NULL THEN
+    IF sync_define.options ? 'source_table' AND (jsonb_typeof(sync_define.options -> 'source_table') IS DISTINCT FROM 'string'
+        OR (sync_define.options ->> 'source_table') !~ '^("?[A-Za-z_][A-Za-z0-9_$ -]*"?\.)?"?[A-Za-z_][A-Za-z0-9_$ -]*"?$'
+        OR pgrelay._sync_regclass(sync_define.options ->> 'source_table') IS NULL) THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'options', format('"source_table" names no table: %L', sync_define.options ->> 'source_table'));
     END IF;
     INSERT INTO pgrelay.syncs AS s (name, topics, source_format, target, source_table)

@@ -2,8 +2,10 @@
 -- compare one chunk of source rows (a JSON array of source row images, in key order, covering
 -- the source keys in (after_key, last_key]; last_key NULL = to the end) with the target rows in
 -- the same key range, and repair drift: insert missing rows, update different ones (compared on
--- the mapped columns), delete (or soft-delete) extra ones. Row versions are reset for repaired
--- rows so later changes apply normally. Returns (missing, different, extra).
+-- the mapped columns), delete (or soft-delete) extra ones. Returns (missing, different, extra).
+-- Run it under pgrelay.sync_lock(name) with the source rows read after taking the lock (the
+-- daemon's reconcile does): the rows are then at least as new as anything the sync applied, so
+-- row versions stay as they are and a change the sync has not applied yet still applies after.
 CREATE OR REPLACE FUNCTION pgrelay.sync_reconcile_chunk(
     name      text,
     target    jsonb,
@@ -45,7 +47,7 @@ BEGIN
     END IF;
     TRUNCATE pgrelay_sync_expected;
     EXECUTE format('INSERT INTO pgrelay_sync_expected SELECT jsonb_build_array(%s)::text, obj FROM (SELECT %s AS obj FROM jsonb_array_elements($1) AS s(img)) AS m',
-                   (SELECT string_agg(format('obj -> %L', k), ', ') FROM unnest(v_keys) k), replace(v_map, 'img', 's.img'))
+                   (SELECT string_agg(format('obj -> %L', k), ', ') FROM unnest(v_keys) k), v_map)
     USING sync_reconcile_chunk.rows;
 
     -- Target rows in range, projected on the mapped columns, as jsonb.
@@ -69,13 +71,16 @@ BEGIN
             INSERT INTO %1$s AS t (%2$s)
             SELECT %3$s FROM pgrelay_sync_expected e, jsonb_populate_record(NULL::%1$s, e.obj) AS r
             WHERE NOT EXISTS (SELECT 1 FROM pgrelay_sync_actual a WHERE a.row_key = e.row_key AND a.obj IS NOT DISTINCT FROM e.obj)
-            ON CONFLICT (%4$s) DO UPDATE SET %5$s
+            ON CONFLICT (%4$s) DO %5$s
         $q$, v_tbl,
              (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_cols) c),
              (SELECT string_agg(format('r.%I', c), ', ') FROM unnest(v_cols) c),
              (SELECT string_agg(format('%I', k), ', ') FROM unnest(v_keys) k),
-             coalesce((SELECT string_agg(format('%1$I = excluded.%1$I', c), ', ') FROM unnest(v_cols) c WHERE NOT c = ANY (v_keys)), '')
-             || CASE WHEN v_soft IS NOT NULL THEN format(', %I = NULL', v_soft) ELSE '' END);
+             coalesce('UPDATE SET ' || nullif(array_to_string(
+                 ARRAY(SELECT format('%1$I = excluded.%1$I', c) FROM unnest(v_cols) c WHERE NOT c = ANY (v_keys))
+                 || CASE WHEN v_soft IS NOT NULL THEN ARRAY[format('%I = %s', v_soft,
+                         CASE WHEN (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = v_tbl AND a.attname = v_soft) = 'boolean'::regtype
+                              THEN 'false' ELSE 'NULL' END)] ELSE '{}'::text[] END, ', '), ''), 'NOTHING'));
     END IF;
     IF extra > 0 AND v_delete <> '"ignore"' THEN
         v_keysql := format('jsonb_build_array(%s)::text', (SELECT string_agg(format('to_jsonb(t.%I)', k), ', ') FROM unnest(v_keys) k));
@@ -92,9 +97,6 @@ BEGIN
                            v_tbl, v_keysql);
         END IF;
     END IF;
-    DELETE FROM pgrelay.sync_row_versions v
-    WHERE v.name = sync_reconcile_chunk.name
-      AND v.row_key IN (SELECT e.row_key FROM pgrelay_sync_expected e UNION SELECT a.row_key FROM pgrelay_sync_actual a);
     TRUNCATE pgrelay_sync_expected;
     TRUNCATE pgrelay_sync_actual;
 END;

@@ -12,6 +12,7 @@ DECLARE
     v_cp    pgrelay.sync_checkpoints;
     v_batch pgrelay.message_record[];
     v_last  pgrelay.message_record;
+    v_applied integer;
 BEGIN
     PERFORM pgrelay._check_name(v_fn, 'name', sync_run.name);
     IF sync_run.max_messages IS NULL OR sync_run.max_messages NOT BETWEEN 1 AND 100000 THEN
@@ -31,12 +32,14 @@ BEGIN
         RETURN 0;
     END IF;
     v_last := v_batch[cardinality(v_batch)];
-    RETURN pgrelay.sync_apply(
+    v_applied := pgrelay.sync_apply(
         sync_run.name, v_sync.target,
         (SELECT jsonb_agg(jsonb_build_object('position', m.position, 'type', m.type, 'data', m.data, 'created_at', m.created_at)
                           ORDER BY m.position)
          FROM unnest(v_batch) AS m),
         v_cp.cursor_xid, v_cp.cursor_position, v_last.xid, v_last.position, v_sync.source_format);
+    PERFORM pgrelay.sync_progress(sync_run.name, v_last.xid, v_last.position);
+    RETURN v_applied;
 END;
 $$;
 
