@@ -1,14 +1,15 @@
-// The RabbitMQ sink against a real RabbitMQ, through the real daemon process: persistent
-// messages with message_id, CloudEvents and pgrelay headers, confirmed before pgrelay acknowledges;
-// every message at least once and in per-key order through a SIGKILL mid-batch; a broker that
-// goes away (a TCP proxy we close) makes messages wait and arrive when it is back; unroutable
-// messages fail and are dead-lettered; credentials never reach the logs or the database.
+// The RabbitMQ sink against a real RabbitMQ, through the real daemon (the process, or the
+// in-process service where nothing is killed and no log is read): persistent messages with
+// message_id, CloudEvents and pgrelay headers, confirmed before pgrelay acknowledges; every message
+// at least once and in per-key order through a SIGKILL mid-batch; a broker that goes away (a TCP
+// proxy we close) makes messages wait and arrive when it is back; unroutable messages fail and are
+// dead-lettered; credentials never reach the logs or the database.
 // Without RabbitMQ these tests skip; with PGRELAY_REQUIRE_BROKERS=1 that is a failure.
 import t, { type Test } from 'tap';
 import amqp, { type Channel, type ConsumeMessage } from 'amqplib';
 import { freshDatabase, query } from './helpers/db.ts';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.ts';
-import { AMQP_PASS, AMQP_URL, AMQP_USER, amqpTarget, brokerSkip, startTcpProxy, uniqueName, waitFor } from './helpers/brokers.ts';
+import { startRelay, AMQP_PASS, AMQP_URL, AMQP_USER, amqpTarget, brokerSkip, startTcpProxy, uniqueName, waitFor } from './helpers/brokers.ts';
 
 const skip = await brokerSkip('RabbitMQ', AMQP_URL, 5672);
 
@@ -209,7 +210,7 @@ t.test('a broker that goes away: messages wait, fail and retry, then arrive once
     timeout_ms: 2000,
   });
   const first = await publish(db.connectionString, 10, 3);
-  await daemon(t, db.connectionString, 'rabbit-outage', { PGRELAY_TEST_RABBIT_PASS: AMQP_PASS });
+  await startRelay(t, db.connectionString, 'rabbit-outage', { PGRELAY_TEST_RABBIT_PASS: AMQP_PASS });
   await waitFor('the first 10 consumed', async () => (received.messages.length >= 10 ? true : undefined));
   await settled(db.connectionString, 'rabbit-outage');
   await proxy.close();
@@ -244,7 +245,7 @@ t.test('an unroutable message fails, is retried, then dead-lettered with the rea
   );
   const [lost] = await query<{ id: string }>(db.connectionString, `SELECT pgrelay.publish('orders', 'nowhere', 'order.created', '{}') AS id`);
   const [routed] = await query<{ id: string }>(db.connectionString, `SELECT pgrelay.publish('orders', 'routed', 'order.created', '{}') AS id`);
-  await daemon(t, db.connectionString, 'rabbit-unroutable', { PGRELAY_TEST_RABBIT_PASS: AMQP_PASS });
+  await startRelay(t, db.connectionString, 'rabbit-unroutable', { PGRELAY_TEST_RABBIT_PASS: AMQP_PASS });
   const dead = await waitFor('the unroutable message dead-lettered', async () => {
     const [row] = await query<{ id: string; attempts: number; last_error: string }>(
       db.connectionString,

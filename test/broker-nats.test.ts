@@ -1,7 +1,8 @@
-// The NATS JetStream sink against a real NATS server, through the real daemon process: every
-// message lands in the stream exactly once (Nats-Msg-Id dedupe) even when the daemon is SIGKILLed
-// mid-batch, per key in log order, with the CloudEvents and pgrelay headers; a broker that goes
-// away (a TCP proxy we close) makes messages wait and arrive once it is back.
+// The NATS JetStream sink against a real NATS server, through the real daemon (the process, or the
+// in-process service where nothing is killed): every message lands in the stream exactly once
+// (Nats-Msg-Id dedupe) even when the daemon is SIGKILLed mid-batch, per key in log order, with the
+// CloudEvents and pgrelay headers; a broker that goes away (a TCP proxy we close) makes messages
+// wait and arrive once it is back.
 // Without a NATS server these tests skip; with PGRELAY_REQUIRE_BROKERS=1 that is a failure.
 import t, { type Test } from 'tap';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -10,7 +11,7 @@ import { freshDatabase, query } from './helpers/db.ts';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.ts';
 import { createNatsSink } from '../daemon/nats-sink.ts';
 import type { Delivery, Subscription } from '../client/index.ts';
-import { brokerSkip, natsTarget, NATS_URL, startTcpProxy, uniqueName, waitFor } from './helpers/brokers.ts';
+import { startRelay, brokerSkip, natsTarget, NATS_URL, startTcpProxy, uniqueName, waitFor } from './helpers/brokers.ts';
 
 const skip = await brokerSkip('NATS', NATS_URL, 4222);
 
@@ -222,7 +223,7 @@ t.test('a broker that goes away: messages wait, fail and retry, then arrive once
     timeout_ms: 1000,
   });
   const first = await publish(db.connectionString, 10, 3);
-  await daemon(t, db.connectionString, 'nats-outage');
+  await startRelay(t, db.connectionString, 'nats-outage');
   await waitFor('the first 10 in the stream', async () => ((await streamCount(stream)) === 10 ? true : undefined));
   await proxy.close();
   const second = await publish(db.connectionString, 20, 3, 11);
@@ -257,7 +258,7 @@ t.test('a missing stream without create_stream: deliveries fail with a clear err
   const stream = await testStream(t, { create: false });
   await subscribe(db.connectionString, 'nats-nostream', { type: 'nats', servers: NATS_URL, subject: `${stream.name}.{topic}`, stream: stream.name });
   const published = await publish(db.connectionString, 5, 1);
-  await daemon(t, db.connectionString, 'nats-nostream');
+  await startRelay(t, db.connectionString, 'nats-nostream');
   const failed = await waitFor('a failed delivery', async () => {
     const [row] = await query<{ last_error: string }>(db.connectionString, `SELECT last_error FROM pgrelay.retries WHERE subscription = 'nats-nostream' LIMIT 1`);
     return row;
