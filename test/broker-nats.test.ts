@@ -161,54 +161,65 @@ t.test('publishes each message once with its headers, in key order, and acknowle
   for (const [key, seqs] of perKey) t.ok(increasing(seqs), `key ${key} is stored in log order`);
 });
 
-for (const batchPublish of [false, true]) {
-  t.test(`SIGKILL mid-batch${batchPublish ? ' with batch_publish' : ''}: every message is in the stream exactly once`, { skip }, async (t) => {
-    const db = await freshDatabase(t);
+t.test('SIGKILL mid-batch, one at a time and with batch_publish: every message is in the stream exactly once', { skip }, async (t) => {
+  const db = await freshDatabase(t);
+  // Two subscriptions of the same messages, one per publishing mode, served by one daemon. Each
+  // reaches NATS through its own proxy. After 300 publishes a proxy stops passing the broker's
+  // replies: publishes still land in the stream, their acks never reach the daemon, so the batch
+  // in flight is in the stream but not acknowledged in PostgreSQL when the daemon is killed.
+  const target = natsTarget();
+  const modes = [];
+  for (const batchPublish of [false, true]) {
     const stream = await testStream(t);
-    const name = batchPublish ? 'nats-kill-batch' : 'nats-kill';
-    // The daemon reaches NATS through a proxy. After 300 publishes the proxy stops passing the
-    // broker's replies: publishes still land in the stream, their acks never reach the daemon, so
-    // the batch in flight is in the stream but not acknowledged in PostgreSQL when it is killed.
-    const target = natsTarget();
     const proxy = await startTcpProxy(target.host, target.port);
+    const name = batchPublish ? 'nats-kill-batch' : 'nats-kill';
     await subscribe(
       db.connectionString,
       name,
       { type: 'nats', servers: `nats://127.0.0.1:${proxy.port}`, subject: `${stream.name}.{topic}.{key}`, stream: stream.name, batch_publish: batchPublish },
       { batch_size: 200, lease_seconds: 2, partitions: 2 },
     );
-    const total = 1200;
-    const published = await publish(db.connectionString, total, 25);
-    const holding = proxy.holdRepliesAfter(`PUB ${stream.name}.`, 300);
-    const relay = await daemon(t, db.connectionString, name);
-    await holding;
-    const unacked = await waitFor('publishes in the stream that the daemon has no ack for', async () => {
-      const inStream = await streamCount(stream);
-      const acked = (await lag(db.connectionString, name)).delivered;
-      return inStream >= acked + 20 ? { inStream, acked } : undefined;
-    }, 30_000, 20);
-    await relay.kill('SIGKILL');
-    await proxy.open();
-    const acked = (await lag(db.connectionString, name)).delivered;
-    t.comment(`at the kill: ${unacked.inStream} in the stream, ${acked} acknowledged in pgrelay`);
-    t.ok(acked < unacked.inStream && acked < total, 'the kill landed mid-batch: messages in the stream are not acknowledged, so they are delivered again');
-    await daemon(t, db.connectionString, name);
-    await waitFor('every message acknowledged', async () => {
-      const l = await lag(db.connectionString, name);
+    modes.push({ batchPublish, stream, proxy, name, label: batchPublish ? 'batch_publish' : 'one at a time' });
+  }
+  const total = 1200;
+  const published = await publish(db.connectionString, total, 25);
+  const holding = modes.map((m) => m.proxy.holdRepliesAfter(`PUB ${m.stream.name}.`, 300));
+  const relay = await daemon(t, db.connectionString, modes.map((m) => m.name).join(','));
+  await Promise.all(holding);
+  const unacked = await Promise.all(
+    modes.map((m) =>
+      waitFor(`${m.label}: publishes in the stream that the daemon has no ack for`, async () => {
+        const inStream = await streamCount(m.stream);
+        const acked = (await lag(db.connectionString, m.name)).delivered;
+        return inStream >= acked + 20 ? inStream : undefined;
+      }, 30_000, 20),
+    ),
+  );
+  await relay.kill('SIGKILL');
+  for (const [i, m] of modes.entries()) {
+    await m.proxy.open();
+    const acked = (await lag(db.connectionString, m.name)).delivered;
+    t.comment(`${m.label}, at the kill: ${unacked[i]} in the stream, ${acked} acknowledged in pgrelay`);
+    t.ok(acked < unacked[i]! && acked < total, `${m.label}: the kill landed mid-batch: messages in the stream are not acknowledged, so they are delivered again`);
+  }
+  await daemon(t, db.connectionString, modes.map((m) => m.name).join(','));
+  for (const m of modes) {
+    await waitFor(`${m.label}: every message acknowledged`, async () => {
+      const l = await lag(db.connectionString, m.name);
       return l.pending === 0 && l.retrying === 0 ? true : undefined;
     }, 50_000, 100);
-    const stored = await readStream(stream);
+    const stored = await readStream(m.stream);
     const { ids, perKey } = summarise(stored);
-    t.equal(stored.length, total, `exactly ${total} messages stored`);
-    t.equal(new Set(ids).size, total, 'no message id twice');
-    t.same([...ids].sort(), published.map((p) => p.id).sort(), 'every published message is there');
-    t.equal((await lag(db.connectionString, name)).dead, 0, 'nothing dead-lettered');
-    if (!batchPublish) {
+    t.equal(stored.length, total, `${m.label}: exactly ${total} messages stored`);
+    t.equal(new Set(ids).size, total, `${m.label}: no message id twice`);
+    t.same([...ids].sort(), published.map((p) => p.id).sort(), `${m.label}: every published message is there`);
+    t.equal((await lag(db.connectionString, m.name)).dead, 0, `${m.label}: nothing dead-lettered`);
+    if (!m.batchPublish) {
       const unordered = [...perKey].filter(([, seqs]) => !increasing(seqs)).map(([key]) => key);
-      t.same(unordered, [], 'every key is stored in log order');
+      t.same(unordered, [], `${m.label}: every key is stored in log order`);
     }
-  });
-}
+  }
+});
 
 t.test('a broker that goes away: messages wait, fail and retry, then arrive once it is back', { skip }, async (t) => {
   const db = await freshDatabase(t);
