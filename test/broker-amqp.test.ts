@@ -1,14 +1,15 @@
-// The RabbitMQ sink against a real RabbitMQ, through the real daemon process: persistent
-// messages with message_id, CloudEvents and pgrelay headers, confirmed before pgrelay acknowledges;
-// every message at least once and in per-key order through a SIGKILL mid-batch; a broker that
-// goes away (a TCP proxy we close) makes messages wait and arrive when it is back; unroutable
-// messages fail and are dead-lettered; credentials never reach the logs or the database.
+// The RabbitMQ sink against a real RabbitMQ, through the real daemon (the process, or the
+// in-process service where nothing is killed and no log is read): persistent messages with
+// message_id, CloudEvents and pgrelay headers, confirmed before pgrelay acknowledges; every message
+// at least once and in per-key order through a SIGKILL mid-batch; a broker that goes away (a TCP
+// proxy we close) makes messages wait and arrive when it is back; unroutable messages fail and are
+// dead-lettered; credentials never reach the logs or the database.
 // Without RabbitMQ these tests skip; with PGRELAY_REQUIRE_BROKERS=1 that is a failure.
 import t, { type Test } from 'tap';
 import amqp, { type Channel, type ConsumeMessage } from 'amqplib';
 import { freshDatabase, query } from './helpers/db.ts';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.ts';
-import { AMQP_PASS, AMQP_URL, AMQP_USER, amqpTarget, brokerSkip, startTcpProxy, uniqueName, waitFor } from './helpers/brokers.ts';
+import { startRelay, AMQP_PASS, AMQP_URL, AMQP_USER, amqpTarget, brokerSkip, startTcpProxy, uniqueName, waitFor } from './helpers/brokers.ts';
 
 const skip = await brokerSkip('RabbitMQ', AMQP_URL, 5672);
 
@@ -145,13 +146,15 @@ t.test('persistent, confirmed messages with message_id and headers, in key order
   for (const [key, seqs] of perKey) t.ok(increasing(seqs), `key ${key} arrives in log order`);
 });
 
-for (const batchPublish of [false, true]) {
-  t.test(`SIGKILL mid-batch${batchPublish ? ' with batch_publish' : ''}: every message at least once, per-key order kept`, { skip }, async (t) => {
-    const db = await freshDatabase(t);
+t.test('SIGKILL mid-batch, one at a time and with batch_publish: every message at least once, per-key order kept', { skip }, async (t) => {
+  const db = await freshDatabase(t);
+  // Two subscriptions of the same messages, one per publishing mode, served by one daemon, each
+  // through its own proxy that, after 300 publishes, stops passing the broker's replies: the
+  // messages reach the queue but their confirms never reach the daemon, which is then killed.
+  const target = amqpTarget();
+  const modes = [];
+  for (const batchPublish of [false, true]) {
     const received = await testQueue(t);
-    // Through a proxy that, after 300 publishes, stops passing the broker's replies: the
-    // messages reach the queue but their confirms never reach the daemon, which is then killed.
-    const target = amqpTarget();
     const proxy = await startTcpProxy(target.host, target.port);
     const name = batchPublish ? 'rabbit-kill-batch' : 'rabbit-kill';
     await subscribe(
@@ -168,31 +171,41 @@ for (const batchPublish of [false, true]) {
       },
       { batch_size: 200, lease_seconds: 2, partitions: 2 },
     );
-    const total = 1200;
-    const published = await publish(db.connectionString, total, 25);
-    const holding = proxy.holdRepliesAfter(received.exchange, 300);
-    const relay = await daemon(t, db.connectionString, name, { PGRELAY_TEST_RABBIT_PASS: AMQP_PASS });
-    await holding;
-    const unconfirmed = await waitFor('messages in the queue that the daemon has no confirm for', async () => {
-      const acked = (await lag(db.connectionString, name)).delivered;
-      return received.messages.length >= acked + 20 ? { inQueue: received.messages.length, acked } : undefined;
-    }, 30_000, 20);
-    await relay.kill('SIGKILL');
-    await proxy.open();
-    const acked = (await lag(db.connectionString, name)).delivered;
-    t.comment(`at the kill: ${unconfirmed.inQueue} consumed, ${acked} acknowledged in pgrelay`);
-    t.ok(acked < unconfirmed.inQueue && acked < total, 'the kill landed mid-batch: messages reached the queue unacknowledged in pgrelay');
-    await daemon(t, db.connectionString, name, { PGRELAY_TEST_RABBIT_PASS: AMQP_PASS });
-    await settled(db.connectionString, name);
-    await waitFor('every message consumed', async () => (firstOccurrences(received.messages).ids.size >= total ? true : undefined), 20_000);
-    const { perKey, ids, duplicates } = firstOccurrences(received.messages);
-    t.same([...ids].sort(), published.map((p) => p.id).sort(), `all ${total} messages arrived`);
-    t.ok(duplicates > 0, `messages in flight at the kill arrived again (${duplicates} duplicates, dropped by message_id)`);
+    modes.push({ received, proxy, name, label: batchPublish ? 'batch_publish' : 'one at a time' });
+  }
+  const total = 1200;
+  const published = await publish(db.connectionString, total, 25);
+  const holding = modes.map((m) => m.proxy.holdRepliesAfter(m.received.exchange, 300));
+  const names = modes.map((m) => m.name).join(',');
+  const relay = await daemon(t, db.connectionString, names, { PGRELAY_TEST_RABBIT_PASS: AMQP_PASS });
+  await Promise.all(holding);
+  const unconfirmed = await Promise.all(
+    modes.map((m) =>
+      waitFor(`${m.label}: messages in the queue that the daemon has no confirm for`, async () => {
+        const acked = (await lag(db.connectionString, m.name)).delivered;
+        return m.received.messages.length >= acked + 20 ? m.received.messages.length : undefined;
+      }, 30_000, 20),
+    ),
+  );
+  await relay.kill('SIGKILL');
+  for (const [i, m] of modes.entries()) {
+    await m.proxy.open();
+    const acked = (await lag(db.connectionString, m.name)).delivered;
+    t.comment(`${m.label}, at the kill: ${unconfirmed[i]} consumed, ${acked} acknowledged in pgrelay`);
+    t.ok(acked < unconfirmed[i]! && acked < total, `${m.label}: the kill landed mid-batch: messages reached the queue unacknowledged in pgrelay`);
+  }
+  await daemon(t, db.connectionString, names, { PGRELAY_TEST_RABBIT_PASS: AMQP_PASS });
+  for (const m of modes) {
+    await settled(db.connectionString, m.name);
+    await waitFor(`${m.label}: every message consumed`, async () => (firstOccurrences(m.received.messages).ids.size >= total ? true : undefined), 20_000);
+    const { perKey, ids, duplicates } = firstOccurrences(m.received.messages);
+    t.same([...ids].sort(), published.map((p) => p.id).sort(), `${m.label}: all ${total} messages arrived`);
+    t.ok(duplicates > 0, `${m.label}: messages in flight at the kill arrived again (${duplicates} duplicates, dropped by message_id)`);
     const unordered = [...perKey].filter(([, seqs]) => !increasing(seqs)).map(([key]) => key);
-    t.same(unordered, [], 'every key’s messages first arrive in log order');
-    t.equal((await lag(db.connectionString, name)).dead, 0, 'nothing dead-lettered');
-  });
-}
+    t.same(unordered, [], `${m.label}: every key’s messages first arrive in log order`);
+    t.equal((await lag(db.connectionString, m.name)).dead, 0, `${m.label}: nothing dead-lettered`);
+  }
+});
 
 t.test('a broker that goes away: messages wait, fail and retry, then arrive once it is back', { skip }, async (t) => {
   const db = await freshDatabase(t);
@@ -209,7 +222,7 @@ t.test('a broker that goes away: messages wait, fail and retry, then arrive once
     timeout_ms: 2000,
   });
   const first = await publish(db.connectionString, 10, 3);
-  await daemon(t, db.connectionString, 'rabbit-outage', { PGRELAY_TEST_RABBIT_PASS: AMQP_PASS });
+  await startRelay(t, db.connectionString, 'rabbit-outage', { PGRELAY_TEST_RABBIT_PASS: AMQP_PASS });
   await waitFor('the first 10 consumed', async () => (received.messages.length >= 10 ? true : undefined));
   await settled(db.connectionString, 'rabbit-outage');
   await proxy.close();
@@ -244,7 +257,7 @@ t.test('an unroutable message fails, is retried, then dead-lettered with the rea
   );
   const [lost] = await query<{ id: string }>(db.connectionString, `SELECT pgrelay.publish('orders', 'nowhere', 'order.created', '{}') AS id`);
   const [routed] = await query<{ id: string }>(db.connectionString, `SELECT pgrelay.publish('orders', 'routed', 'order.created', '{}') AS id`);
-  await daemon(t, db.connectionString, 'rabbit-unroutable', { PGRELAY_TEST_RABBIT_PASS: AMQP_PASS });
+  await startRelay(t, db.connectionString, 'rabbit-unroutable', { PGRELAY_TEST_RABBIT_PASS: AMQP_PASS });
   const dead = await waitFor('the unroutable message dead-lettered', async () => {
     const [row] = await query<{ id: string; attempts: number; last_error: string }>(
       db.connectionString,

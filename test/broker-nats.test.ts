@@ -1,7 +1,8 @@
-// The NATS JetStream sink against a real NATS server, through the real daemon process: every
-// message lands in the stream exactly once (Nats-Msg-Id dedupe) even when the daemon is SIGKILLed
-// mid-batch, per key in log order, with the CloudEvents and pgrelay headers; a broker that goes
-// away (a TCP proxy we close) makes messages wait and arrive once it is back.
+// The NATS JetStream sink against a real NATS server, through the real daemon (the process, or the
+// in-process service where nothing is killed): every message lands in the stream exactly once
+// (Nats-Msg-Id dedupe) even when the daemon is SIGKILLed mid-batch, per key in log order, with the
+// CloudEvents and pgrelay headers; a broker that goes away (a TCP proxy we close) makes messages
+// wait and arrive once it is back.
 // Without a NATS server these tests skip; with PGRELAY_REQUIRE_BROKERS=1 that is a failure.
 import t, { type Test } from 'tap';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -10,7 +11,7 @@ import { freshDatabase, query } from './helpers/db.ts';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.ts';
 import { createNatsSink } from '../daemon/nats-sink.ts';
 import type { Delivery, Subscription } from '../client/index.ts';
-import { brokerSkip, natsTarget, NATS_URL, startTcpProxy, uniqueName, waitFor } from './helpers/brokers.ts';
+import { startRelay, brokerSkip, natsTarget, NATS_URL, startTcpProxy, uniqueName, waitFor } from './helpers/brokers.ts';
 
 const skip = await brokerSkip('NATS', NATS_URL, 4222);
 
@@ -160,54 +161,65 @@ t.test('publishes each message once with its headers, in key order, and acknowle
   for (const [key, seqs] of perKey) t.ok(increasing(seqs), `key ${key} is stored in log order`);
 });
 
-for (const batchPublish of [false, true]) {
-  t.test(`SIGKILL mid-batch${batchPublish ? ' with batch_publish' : ''}: every message is in the stream exactly once`, { skip }, async (t) => {
-    const db = await freshDatabase(t);
+t.test('SIGKILL mid-batch, one at a time and with batch_publish: every message is in the stream exactly once', { skip }, async (t) => {
+  const db = await freshDatabase(t);
+  // Two subscriptions of the same messages, one per publishing mode, served by one daemon. Each
+  // reaches NATS through its own proxy. After 300 publishes a proxy stops passing the broker's
+  // replies: publishes still land in the stream, their acks never reach the daemon, so the batch
+  // in flight is in the stream but not acknowledged in PostgreSQL when the daemon is killed.
+  const target = natsTarget();
+  const modes = [];
+  for (const batchPublish of [false, true]) {
     const stream = await testStream(t);
-    const name = batchPublish ? 'nats-kill-batch' : 'nats-kill';
-    // The daemon reaches NATS through a proxy. After 300 publishes the proxy stops passing the
-    // broker's replies: publishes still land in the stream, their acks never reach the daemon, so
-    // the batch in flight is in the stream but not acknowledged in PostgreSQL when it is killed.
-    const target = natsTarget();
     const proxy = await startTcpProxy(target.host, target.port);
+    const name = batchPublish ? 'nats-kill-batch' : 'nats-kill';
     await subscribe(
       db.connectionString,
       name,
       { type: 'nats', servers: `nats://127.0.0.1:${proxy.port}`, subject: `${stream.name}.{topic}.{key}`, stream: stream.name, batch_publish: batchPublish },
       { batch_size: 200, lease_seconds: 2, partitions: 2 },
     );
-    const total = 1200;
-    const published = await publish(db.connectionString, total, 25);
-    const holding = proxy.holdRepliesAfter(`PUB ${stream.name}.`, 300);
-    const relay = await daemon(t, db.connectionString, name);
-    await holding;
-    const unacked = await waitFor('publishes in the stream that the daemon has no ack for', async () => {
-      const inStream = await streamCount(stream);
-      const acked = (await lag(db.connectionString, name)).delivered;
-      return inStream >= acked + 20 ? { inStream, acked } : undefined;
-    }, 30_000, 20);
-    await relay.kill('SIGKILL');
-    await proxy.open();
-    const acked = (await lag(db.connectionString, name)).delivered;
-    t.comment(`at the kill: ${unacked.inStream} in the stream, ${acked} acknowledged in pgrelay`);
-    t.ok(acked < unacked.inStream && acked < total, 'the kill landed mid-batch: messages in the stream are not acknowledged, so they are delivered again');
-    await daemon(t, db.connectionString, name);
-    await waitFor('every message acknowledged', async () => {
-      const l = await lag(db.connectionString, name);
+    modes.push({ batchPublish, stream, proxy, name, label: batchPublish ? 'batch_publish' : 'one at a time' });
+  }
+  const total = 1200;
+  const published = await publish(db.connectionString, total, 25);
+  const holding = modes.map((m) => m.proxy.holdRepliesAfter(`PUB ${m.stream.name}.`, 300));
+  const relay = await daemon(t, db.connectionString, modes.map((m) => m.name).join(','));
+  await Promise.all(holding);
+  const unacked = await Promise.all(
+    modes.map((m) =>
+      waitFor(`${m.label}: publishes in the stream that the daemon has no ack for`, async () => {
+        const inStream = await streamCount(m.stream);
+        const acked = (await lag(db.connectionString, m.name)).delivered;
+        return inStream >= acked + 20 ? inStream : undefined;
+      }, 30_000, 20),
+    ),
+  );
+  await relay.kill('SIGKILL');
+  for (const [i, m] of modes.entries()) {
+    await m.proxy.open();
+    const acked = (await lag(db.connectionString, m.name)).delivered;
+    t.comment(`${m.label}, at the kill: ${unacked[i]} in the stream, ${acked} acknowledged in pgrelay`);
+    t.ok(acked < unacked[i]! && acked < total, `${m.label}: the kill landed mid-batch: messages in the stream are not acknowledged, so they are delivered again`);
+  }
+  await daemon(t, db.connectionString, modes.map((m) => m.name).join(','));
+  for (const m of modes) {
+    await waitFor(`${m.label}: every message acknowledged`, async () => {
+      const l = await lag(db.connectionString, m.name);
       return l.pending === 0 && l.retrying === 0 ? true : undefined;
     }, 50_000, 100);
-    const stored = await readStream(stream);
+    const stored = await readStream(m.stream);
     const { ids, perKey } = summarise(stored);
-    t.equal(stored.length, total, `exactly ${total} messages stored`);
-    t.equal(new Set(ids).size, total, 'no message id twice');
-    t.same([...ids].sort(), published.map((p) => p.id).sort(), 'every published message is there');
-    t.equal((await lag(db.connectionString, name)).dead, 0, 'nothing dead-lettered');
-    if (!batchPublish) {
+    t.equal(stored.length, total, `${m.label}: exactly ${total} messages stored`);
+    t.equal(new Set(ids).size, total, `${m.label}: no message id twice`);
+    t.same([...ids].sort(), published.map((p) => p.id).sort(), `${m.label}: every published message is there`);
+    t.equal((await lag(db.connectionString, m.name)).dead, 0, `${m.label}: nothing dead-lettered`);
+    if (!m.batchPublish) {
       const unordered = [...perKey].filter(([, seqs]) => !increasing(seqs)).map(([key]) => key);
-      t.same(unordered, [], 'every key is stored in log order');
+      t.same(unordered, [], `${m.label}: every key is stored in log order`);
     }
-  });
-}
+  }
+});
 
 t.test('a broker that goes away: messages wait, fail and retry, then arrive once it is back', { skip }, async (t) => {
   const db = await freshDatabase(t);
@@ -222,7 +234,7 @@ t.test('a broker that goes away: messages wait, fail and retry, then arrive once
     timeout_ms: 1000,
   });
   const first = await publish(db.connectionString, 10, 3);
-  await daemon(t, db.connectionString, 'nats-outage');
+  await startRelay(t, db.connectionString, 'nats-outage');
   await waitFor('the first 10 in the stream', async () => ((await streamCount(stream)) === 10 ? true : undefined));
   await proxy.close();
   const second = await publish(db.connectionString, 20, 3, 11);
@@ -257,7 +269,7 @@ t.test('a missing stream without create_stream: deliveries fail with a clear err
   const stream = await testStream(t, { create: false });
   await subscribe(db.connectionString, 'nats-nostream', { type: 'nats', servers: NATS_URL, subject: `${stream.name}.{topic}`, stream: stream.name });
   const published = await publish(db.connectionString, 5, 1);
-  await daemon(t, db.connectionString, 'nats-nostream');
+  await startRelay(t, db.connectionString, 'nats-nostream');
   const failed = await waitFor('a failed delivery', async () => {
     const [row] = await query<{ last_error: string }>(db.connectionString, `SELECT last_error FROM pgrelay.retries WHERE subscription = 'nats-nostream' LIMIT 1`);
     return row;

@@ -4,7 +4,9 @@
 // A broker that does not answer makes its tests skip with a clear message, unless
 // PGRELAY_REQUIRE_BROKERS=1 (CI), where a missing broker is a failure.
 import { connect as tcpConnect, createServer, type Server, type Socket } from 'node:net';
-import tap from 'tap';
+import tap, { type Test } from 'tap';
+import { createRelayService } from '../../daemon/service.ts';
+import { defaultSinks } from '../../daemon/sinks.ts';
 
 export const NATS_URL = process.env.PGRELAY_TEST_NATS_URL ?? 'nats://127.0.0.1:4222';
 export const AMQP_URL = process.env.PGRELAY_TEST_AMQP_URL ?? 'amqp://127.0.0.1:5672';
@@ -156,3 +158,33 @@ export async function waitFor<T>(what: string, check: () => Promise<T | undefine
 }
 
 export const uniqueName = (prefix: string): string => `${prefix}_${process.pid}_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 8)}`;
+
+export type InProcessRelay = { logs: Array<Record<string, unknown>>; stop(): Promise<void> };
+
+/**
+ * The real relay service in this process (the code `pgrelay daemon` runs), serving one
+ * subscription, with its log lines kept; stopped when the test ends. For tests that do not need
+ * to kill a process: it spares a process start on a loaded machine.
+ */
+export async function startRelay(t: Test, connectionString: string, subscription: string, env: Record<string, string> = {}): Promise<InProcessRelay> {
+  const logs: Array<Record<string, unknown>> = [];
+  const keep = (level: string) => (object: object, msg?: string): void => void logs.push({ level, msg, ...object });
+  const service = createRelayService({
+    connectionString,
+    sinks: defaultSinks,
+    only: [subscription],
+    drivers: false,
+    idlePollMs: 200,
+    env: { ...process.env, ...env },
+    log: { info: keep('info'), warn: keep('warn'), error: keep('error') },
+  });
+  await service.start();
+  let stopped = false;
+  const stop = async (): Promise<void> => {
+    if (stopped) return;
+    stopped = true;
+    await service.stop();
+  };
+  t.teardown(stop);
+  return { logs, stop };
+}
