@@ -44,11 +44,18 @@ const median = (values: readonly number[]): number => {
 };
 
 /** Runs `clients` connections, each repeating op(i) until the time is up or op returns false. */
-async function throughput(url: string, clients: number, durationMs: number, op: (c: pg.Client, i: number) => Promise<boolean>): Promise<number> {
+async function throughput(
+  url: string,
+  clients: number,
+  durationMs: number,
+  syncCommit: boolean,
+  op: (c: pg.Client, i: number) => Promise<boolean>,
+): Promise<number> {
   const connections = await Promise.all(
     Array.from({ length: clients }, async () => {
       const c = new pg.Client({ connectionString: url, application_name: 'bench-cdc' });
       await c.connect();
+      if (!syncCommit) await c.query('SET synchronous_commit = off');
       return c;
     }),
   );
@@ -72,7 +79,7 @@ async function throughput(url: string, clients: number, durationMs: number, op: 
 }
 
 export async function runCdcBench(context: BenchContext): Promise<BenchResult> {
-  const durationMs = context.quick ? 1500 : 5000;
+  const durationMs = context.quick ? 1000 : 4000;
   const rounds = 3;
   const url = await context.server.database('bench_cdc');
   const single: Array<Record<string, unknown>> = [];
@@ -82,7 +89,9 @@ export async function runCdcBench(context: BenchContext): Promise<BenchResult> {
     await admin.query(`VACUUM ANALYZE ${TABLE}`);
     let nextId = 10_000_000; // single-row inserts use fresh ids; deletes remove them again
 
-    for (const clients of [1, 8]) {
+    // synchronous_commit on: what an application sees (a commit waits for the WAL flush, which on a
+    // shared machine varies more than capture costs); off: the CPU and WAL cost of capture alone.
+    for (const [syncCommit, clients] of [[true, 1], [true, 8], [false, 1], [false, 8]] as const) {
       const rates: Record<string, Record<Mode, number[]>> = {
         insert: { off: [], pgrelay: [], naive: [] },
         update: { off: [], pgrelay: [], naive: [] },
@@ -93,7 +102,7 @@ export async function runCdcBench(context: BenchContext): Promise<BenchResult> {
           await setMode(admin, mode);
           const first = nextId;
           rates.insert![mode].push(
-            await throughput(url, clients, durationMs, async (c) => {
+            await throughput(url, clients, durationMs, syncCommit, async (c) => {
               const id = nextId++;
               await c.query({ name: 'ins', text: `INSERT INTO ${TABLE} (id, owner, email, balance) VALUES ($1, 'new', 'new@example.com', 0)`, values: [id] });
               return true;
@@ -101,7 +110,7 @@ export async function runCdcBench(context: BenchContext): Promise<BenchResult> {
           );
           const last = nextId;
           rates.update![mode].push(
-            await throughput(url, clients, durationMs, async (c, i) => {
+            await throughput(url, clients, durationMs, syncCommit, async (c, i) => {
               const id = 1 + ((i * 7919) % BULK_ROWS);
               await c.query({ name: 'upd', text: `UPDATE ${TABLE} SET balance = balance + 1, updated_at = now() WHERE id = $1`, values: [id] });
               return true;
@@ -109,7 +118,7 @@ export async function runCdcBench(context: BenchContext): Promise<BenchResult> {
           );
           let cursor = first;
           rates.delete![mode].push(
-            await throughput(url, clients, durationMs, async (c) => {
+            await throughput(url, clients, durationMs, syncCommit, async (c) => {
               if (cursor >= last) return false;
               const id = cursor++;
               await c.query({ name: 'del', text: `DELETE FROM ${TABLE} WHERE id = $1`, values: [id] });
@@ -117,14 +126,14 @@ export async function runCdcBench(context: BenchContext): Promise<BenchResult> {
             }),
           );
           await admin.query(`DELETE FROM ${TABLE} WHERE id >= 10000000`); // back to the 100,000 rows
-          context.log(`cdc: ${clients} client(s) round ${round + 1} ${mode}: insert ${rates.insert![mode].at(-1)}/s update ${rates.update![mode].at(-1)}/s delete ${rates.delete![mode].at(-1)}/s`);
+          context.log(`cdc: ${clients} client(s) sync ${syncCommit ? 'on' : 'off'} round ${round + 1} ${mode}: insert ${rates.insert![mode].at(-1)}/s update ${rates.update![mode].at(-1)}/s delete ${rates.delete![mode].at(-1)}/s`);
         }
       }
       for (const [op, byMode] of Object.entries(rates)) {
         const off = median(byMode.off);
         const pgrelay = median(byMode.pgrelay);
         const naive = median(byMode.naive);
-        single.push({ op, clients, off_per_s: off, pgrelay_per_s: pgrelay, naive_per_s: naive, pgrelay_ratio: ratio(pgrelay, off), naive_ratio: ratio(naive, off) });
+        single.push({ op, clients, synchronous_commit: syncCommit ? 'on' : 'off', off_per_s: off, pgrelay_per_s: pgrelay, naive_per_s: naive, pgrelay_ratio: ratio(pgrelay, off), naive_ratio: ratio(naive, off) });
       }
     }
 
@@ -157,10 +166,12 @@ export async function runCdcBench(context: BenchContext): Promise<BenchResult> {
   });
 
   const table = [
-    '| workload | clients | no capture | pgrelay CDC | ratio | naive row trigger | ratio |',
-    '| --- | --- | --- | --- | --- | --- | --- |',
-    ...single.map((r) => `| single-row ${r.op} | ${r.clients} | ${r.off_per_s}/s | ${r.pgrelay_per_s}/s | ${r.pgrelay_ratio}× | ${r.naive_per_s}/s | ${r.naive_ratio}× |`),
-    ...bulk.map((r) => `| bulk ${r.op} of ${BULK_ROWS} rows | 1 | ${r.off_ms} ms | ${r.pgrelay_ms} ms | ${r.pgrelay_ratio}× | ${r.naive_ms} ms | ${r.naive_ratio}× |`),
+    '| workload | clients | synchronous_commit | no capture | pgrelay CDC | ratio | naive row trigger | ratio |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...single.map(
+      (r) => `| single-row ${r.op} | ${r.clients} | ${r.synchronous_commit} | ${r.off_per_s}/s | ${r.pgrelay_per_s}/s | ${r.pgrelay_ratio}× | ${r.naive_per_s}/s | ${r.naive_ratio}× |`,
+    ),
+    ...bulk.map((r) => `| bulk ${r.op} of ${BULK_ROWS} rows | 1 | on | ${r.off_ms} ms | ${r.pgrelay_ms} ms | ${r.pgrelay_ratio}× | ${r.naive_ms} ms | ${r.naive_ratio}× |`),
   ];
   context.log(table.join('\n'));
   return {
