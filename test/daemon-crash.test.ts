@@ -88,7 +88,7 @@ t.test('pg_terminate_backend on every daemon connection: it reconnects and catch
   let producing = true;
   const producing$ = produce(db.connectionString, { producers: 3, transactionsEach: 100_000, keys: KEYS, jitterMs: 20, until: () => !producing });
   const terminated: number[] = [];
-  for (let round = 0; round < 3; round += 1) {
+  for (let round = 0; round < 2; round += 1) {
     const before = receiver.requests.length;
     await receiver.waitFor(() => receiver.requests.length >= before + 15, 20_000, `round ${round}: the daemon delivers`);
     // Both kinds back (the pool's and the LISTEN connection) before cutting them again.
@@ -160,4 +160,12 @@ t.test('SIGTERM: the deliveries in flight finish, what was delivered is acknowle
     'every message once, in order',
   );
   t.equal(await next.kill('SIGTERM'), 0);
+});
+
+t.test('SIGTERM during start-up: start-up completes, then a clean exit 0', async (t) => {
+  const { db } = await setUp(t, { subscription: 'early' });
+  const daemon = killAtEnd(t, await startDaemonProcess({ connectionString: db.connectionString, waitReady: false }));
+  await daemon.waitForLog((line) => line.msg === 'serving subscription');
+  t.equal(await daemon.kill('SIGTERM'), 0);
+  t.ok(daemon.logs.some((line) => line.msg === 'relay stopped'), 'it shut down, it was not killed by the signal');
 });
