@@ -139,7 +139,7 @@ export async function startWebhookReceiver(t: Test, options: ReceiverOptions = {
       requests.push(received);
       for (const wake of [...waiters]) wake();
       const delay = options.delayFor?.(received) ?? options.delayMs ?? 0;
-      if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
+      if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay).unref()); // never what keeps a test alive
       // Counted as acknowledged from here: a daemon killed before it reads the answer sends it again.
       received.answered = true;
       response.writeHead(received.status).end();
