@@ -45,3 +45,44 @@ t.test('two daemons, one subscription, six partitions: all delivered, nothing tw
   t.equal(delivered[0]! + delivered[1]!, committed.size, 'their counts add up to the whole');
   t.same(await Promise.all(daemons.map((d) => d.kill('SIGTERM'))), [0, 0], 'both exit 0 on SIGTERM');
 });
+
+t.test('one of two daemons SIGKILLed mid-stream: the other takes its partitions over, nothing lost', async (t) => {
+  const db = await freshDatabase(t);
+  const receiver = await startWebhookReceiver(t, { delayMs: 3 });
+  const admin = await connect(db.connectionString, 'test-admin');
+  t.teardown(() => admin.end());
+  await admin.query(`SELECT pgrelay.subscribe('shared', '{orders}', $1::jsonb, '{"partitions":4,"batch_size":20,"lease_seconds":1}')`, [
+    JSON.stringify({ type: 'webhook', url: receiver.url }),
+  ]);
+  const [doomed, survivor] = [
+    killAtEnd(t, await startDaemonProcess({ connectionString: db.connectionString })),
+    killAtEnd(t, await startDaemonProcess({ connectionString: db.connectionString })),
+  ];
+  let producing = true;
+  const producing$ = produce(db.connectionString, {
+    producers: 3,
+    transactionsEach: 100_000,
+    keys: Array.from({ length: 12 }, (_, i) => `k${i}`),
+    pauseMs: 50,
+    until: () => !producing,
+  });
+  await receiver.waitFor(() => receiver.requests.length >= 40, 20_000, 'both daemons at work');
+  t.equal(await doomed.kill('SIGKILL'), 'SIGKILL');
+  const afterKill = receiver.requests.length;
+  await receiver.waitFor(() => receiver.requests.length >= afterKill + 40, 20_000, 'the survivor goes on');
+  producing = false;
+  const produced = await producing$;
+  const committed = new Set(produced.committed.map((m) => m.id));
+  await receiver.waitFor(
+    () => {
+      const acked = new Set(receiver.acked().map((r) => r.id));
+      return [...committed].every((id) => acked.has(id));
+    },
+    30_000,
+    'everything delivered by the survivor',
+  );
+  t.same(new Set(receiver.acked().map((r) => r.id)), committed, 'every committed message, at least once');
+  t.same(perKeyOrderViolations(receiver.acked(), produced.committed), [], 'per-key order, redeliveries included');
+  t.equal(survivor.child.exitCode, null);
+  t.equal(await survivor.kill('SIGTERM'), 0);
+});
