@@ -1,8 +1,8 @@
 // Scaling out (DESIGN "Scaling out", invariant 3): two real daemon processes on one subscription
 // with several partitions share it through leases: every committed message is delivered, none
-// twice to a healthy sink, each key in order. The sink is
-// slow enough that a key's run in one batch outlasts lease_seconds, so the leases only hold
-// because the daemons heartbeat them: a lost lease would show up as a duplicate.
+// twice to a healthy sink, each key in order. The sink is slow enough that a key's run in one
+// batch outlasts lease_seconds, so the leases only hold because the daemons heartbeat them: a
+// lost lease would show up as a duplicate. Then one of two daemons is SIGKILLed mid-stream.
 import t from 'tap';
 import { freshDatabase } from './helpers/db.ts';
 import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.ts';
