@@ -8,6 +8,10 @@ import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process
 import { startWebhookReceiver, type WebhookReceiver } from './helpers/webhook-receiver.ts';
 import { connect, killAtEnd, perKeyOrderViolations, produce, sleep, waitUntil, type Produced } from './fixtures/daemon.ts';
 
+// The four cases are independent (a database, a webhook and daemons each) and spend most of their
+// time waiting for processes to start and leases to expire: run them two at a time.
+t.jobs = 2;
+
 const KEYS = Array.from({ length: 10 }, (_, i) => `k${i}`);
 
 async function setUp(t: Test, options: { delayMs?: number; subscription: string; leaseSeconds?: number }) {
@@ -48,7 +52,7 @@ async function expectAllDelivered(t: Test, receiver: WebhookReceiver, produced: 
   t.comment(`${produced.committed.length} committed, ${acked.length} acknowledgements (${acked.length - committed.size} redeliveries)`);
 }
 
-t.test('SIGKILL mid-stream, again and again: nothing lost, key order kept', async (t) => {
+t.test('SIGKILL mid-stream, again and again: nothing lost, key order kept', { buffered: true }, async (t) => {
   const { db, receiver, start } = await setUp(t, { delayMs: 4, subscription: 'crashy', leaseSeconds: 1 }); // a killed daemon's leases expire fast
   let producing = true;
   const producing$ = produce(db.connectionString, {
@@ -82,7 +86,7 @@ t.test('SIGKILL mid-stream, again and again: nothing lost, key order kept', asyn
   t.equal(await last.kill('SIGTERM'), 0);
 });
 
-t.test('pg_terminate_backend on every daemon connection: it reconnects and catches up', async (t) => {
+t.test('pg_terminate_backend on every daemon connection: it reconnects and catches up', { buffered: true }, async (t) => {
   const { db, receiver, admin, start } = await setUp(t, { delayMs: 2, subscription: 'cut' });
   const daemon = await start();
   let producing = true;
@@ -122,7 +126,7 @@ t.test('pg_terminate_backend on every daemon connection: it reconnects and catch
   t.equal(await daemon.kill('SIGTERM'), 0);
 });
 
-t.test('SIGTERM: the deliveries in flight finish, what was delivered is acknowledged, the lease released, exit 0', async (t) => {
+t.test('SIGTERM: the deliveries in flight finish, what was delivered is acknowledged, the lease released, exit 0', { buffered: true }, async (t) => {
   const { receiver, admin, start } = await setUp(t, { delayMs: 150, subscription: 'graceful' });
   const daemon = await start();
   await admin.query('BEGIN');
@@ -162,7 +166,7 @@ t.test('SIGTERM: the deliveries in flight finish, what was delivered is acknowle
   t.equal(await next.kill('SIGTERM'), 0);
 });
 
-t.test('SIGTERM during start-up: start-up completes, then a clean exit 0', async (t) => {
+t.test('SIGTERM during start-up: start-up completes, then a clean exit 0', { buffered: true }, async (t) => {
   const { db } = await setUp(t, { subscription: 'early' });
   const daemon = killAtEnd(t, await startDaemonProcess({ connectionString: db.connectionString, waitReady: false }));
   await daemon.waitForLog((line) => line.msg === 'serving subscription');

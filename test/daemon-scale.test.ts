@@ -9,7 +9,9 @@ import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process
 import { startWebhookReceiver } from './helpers/webhook-receiver.ts';
 import { connect, daemonPort, duplicates, killAtEnd, perKeyOrderViolations, produce } from './fixtures/daemon.ts';
 
-t.test('two daemons, one subscription, six partitions: all delivered, nothing twice', async (t) => {
+t.jobs = 2; // the two cases are independent (a database, a webhook and daemons each)
+
+t.test('two daemons, one subscription, six partitions: all delivered, nothing twice', { buffered: true }, async (t) => {
   const db = await freshDatabase(t);
   const receiver = await startWebhookReceiver(t, { delayMs: 200 });
   const admin = await connect(db.connectionString, 'test-admin');
@@ -48,7 +50,7 @@ t.test('two daemons, one subscription, six partitions: all delivered, nothing tw
   t.same(await Promise.all(daemons.map((d) => d.kill('SIGTERM'))), [0, 0], 'both exit 0 on SIGTERM');
 });
 
-t.test('one of two daemons SIGKILLed mid-stream: the other takes its partitions over, nothing lost', async (t) => {
+t.test('one of two daemons SIGKILLed mid-stream: the other takes its partitions over, nothing lost', { buffered: true }, async (t) => {
   const db = await freshDatabase(t);
   const receiver = await startWebhookReceiver(t, { delayMs: 3 });
   const admin = await connect(db.connectionString, 'test-admin');
