@@ -53,7 +53,7 @@ async function expectAllDelivered(t: Test, receiver: WebhookReceiver, produced: 
 }
 
 t.test('SIGKILL mid-stream, again and again: nothing lost, key order kept', { buffered: true }, async (t) => {
-  const { db, receiver, start } = await setUp(t, { delayMs: 4, subscription: 'crashy', leaseSeconds: 1 }); // a killed daemon's leases expire fast
+  const { db, receiver, start } = await setUp(t, { delayMs: 10, subscription: 'crashy', leaseSeconds: 1 }); // a killed daemon's leases expire fast
   let producing = true;
   const producing$ = produce(db.connectionString, {
     producers: 3,
@@ -70,6 +70,9 @@ t.test('SIGKILL mid-stream, again and again: nothing lost, key order kept', { bu
     const before = receiver.requests.length;
     await receiver.waitFor(() => receiver.requests.length >= before + 15, 20_000, `round ${round}: the daemon delivers`);
     await sleep(Math.random() * 200);
+    // Killed the moment a request arrives: that message is in flight, its batch not completed.
+    const inFlight = receiver.requests.length;
+    await receiver.waitFor(() => receiver.requests.length > inFlight, 20_000, `round ${round}: a request in flight`);
     kills.push(await daemon.kill('SIGKILL'));
     t.comment(`round ${round}: ${receiver.requests.length - before} requests in ${Date.now() - started} ms`);
   }
@@ -83,6 +86,7 @@ t.test('SIGKILL mid-stream, again and again: nothing lost, key order kept', { bu
   mark = Date.now();
   await expectAllDelivered(t, receiver, produced, 40_000);
   t.comment(`drained in ${Date.now() - mark} ms`);
+  t.ok(receiver.acked().length > produced.committed.length, 'batches cut short by the kills were delivered again');
   t.equal(await last.kill('SIGTERM'), 0);
 });
 
