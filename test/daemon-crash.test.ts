@@ -177,3 +177,11 @@ t.test('SIGTERM during start-up: start-up completes, then a clean exit 0', { buf
   t.equal(await daemon.kill('SIGTERM'), 0);
   t.ok(daemon.logs.some((line) => line.msg === 'relay stopped'), 'it shut down, it was not killed by the signal');
 });
+
+t.test('a database without pgrelay: the daemon says so and exits 1', { buffered: true }, async (t) => {
+  const db = await freshDatabase(t, { migrated: false });
+  const daemon = killAtEnd(t, await startDaemonProcess({ connectionString: db.connectionString, waitReady: false }));
+  const deadline = new Promise<string>((resolve) => setTimeout(() => resolve('still running after 20 s'), 20_000).unref());
+  t.equal(await Promise.race([daemon.exited, deadline]), 1);
+  t.ok(daemon.logs.some((line) => /run `pgrelay migrate up` first/.test(String(line.msg))), 'the reason is printed');
+});
