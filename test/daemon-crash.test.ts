@@ -8,6 +8,10 @@ import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process
 import { startWebhookReceiver, type WebhookReceiver } from './helpers/webhook-receiver.ts';
 import { connect, killAtEnd, perKeyOrderViolations, produce, sleep, waitUntil, type Produced } from './fixtures/daemon.ts';
 
+// The four cases are independent (a database, a webhook and daemons each) and spend most of their
+// time waiting for processes to start and leases to expire: run them two at a time.
+t.jobs = 2;
+
 const KEYS = Array.from({ length: 10 }, (_, i) => `k${i}`);
 
 async function setUp(t: Test, options: { delayMs?: number; subscription: string; leaseSeconds?: number }) {
@@ -48,8 +52,8 @@ async function expectAllDelivered(t: Test, receiver: WebhookReceiver, produced: 
   t.comment(`${produced.committed.length} committed, ${acked.length} acknowledgements (${acked.length - committed.size} redeliveries)`);
 }
 
-t.test('SIGKILL mid-stream, again and again: nothing lost, key order kept', async (t) => {
-  const { db, receiver, start } = await setUp(t, { delayMs: 4, subscription: 'crashy', leaseSeconds: 1 }); // a killed daemon's leases expire fast
+t.test('SIGKILL mid-stream, again and again: nothing lost, key order kept', { buffered: true }, async (t) => {
+  const { db, receiver, start } = await setUp(t, { delayMs: 10, subscription: 'crashy', leaseSeconds: 1 }); // a killed daemon's leases expire fast
   let producing = true;
   const producing$ = produce(db.connectionString, {
     producers: 3,
@@ -66,6 +70,9 @@ t.test('SIGKILL mid-stream, again and again: nothing lost, key order kept', asyn
     const before = receiver.requests.length;
     await receiver.waitFor(() => receiver.requests.length >= before + 15, 20_000, `round ${round}: the daemon delivers`);
     await sleep(Math.random() * 200);
+    // Killed the moment a request arrives: that message is in flight, its batch not completed.
+    const inFlight = receiver.requests.length;
+    await receiver.waitFor(() => receiver.requests.length > inFlight, 20_000, `round ${round}: a request in flight`);
     kills.push(await daemon.kill('SIGKILL'));
     t.comment(`round ${round}: ${receiver.requests.length - before} requests in ${Date.now() - started} ms`);
   }
@@ -79,16 +86,17 @@ t.test('SIGKILL mid-stream, again and again: nothing lost, key order kept', asyn
   mark = Date.now();
   await expectAllDelivered(t, receiver, produced, 40_000);
   t.comment(`drained in ${Date.now() - mark} ms`);
+  t.ok(receiver.acked().length > produced.committed.length, 'batches cut short by the kills were delivered again');
   t.equal(await last.kill('SIGTERM'), 0);
 });
 
-t.test('pg_terminate_backend on every daemon connection: it reconnects and catches up', async (t) => {
+t.test('pg_terminate_backend on every daemon connection: it reconnects and catches up', { buffered: true }, async (t) => {
   const { db, receiver, admin, start } = await setUp(t, { delayMs: 2, subscription: 'cut' });
   const daemon = await start();
   let producing = true;
   const producing$ = produce(db.connectionString, { producers: 3, transactionsEach: 100_000, keys: KEYS, jitterMs: 20, until: () => !producing });
   const terminated: number[] = [];
-  for (let round = 0; round < 3; round += 1) {
+  for (let round = 0; round < 2; round += 1) {
     const before = receiver.requests.length;
     await receiver.waitFor(() => receiver.requests.length >= before + 15, 20_000, `round ${round}: the daemon delivers`);
     // Both kinds back (the pool's and the LISTEN connection) before cutting them again.
@@ -122,7 +130,7 @@ t.test('pg_terminate_backend on every daemon connection: it reconnects and catch
   t.equal(await daemon.kill('SIGTERM'), 0);
 });
 
-t.test('SIGTERM: the deliveries in flight finish, what was delivered is acknowledged, the lease released, exit 0', async (t) => {
+t.test('SIGTERM: the deliveries in flight finish, what was delivered is acknowledged, the lease released, exit 0', { buffered: true }, async (t) => {
   const { receiver, admin, start } = await setUp(t, { delayMs: 150, subscription: 'graceful' });
   const daemon = await start();
   await admin.query('BEGIN');
@@ -160,4 +168,20 @@ t.test('SIGTERM: the deliveries in flight finish, what was delivered is acknowle
     'every message once, in order',
   );
   t.equal(await next.kill('SIGTERM'), 0);
+});
+
+t.test('SIGTERM during start-up: start-up completes, then a clean exit 0', { buffered: true }, async (t) => {
+  const { db } = await setUp(t, { subscription: 'early' });
+  const daemon = killAtEnd(t, await startDaemonProcess({ connectionString: db.connectionString, waitReady: false }));
+  await daemon.waitForLog((line) => line.msg === 'serving subscription');
+  t.equal(await daemon.kill('SIGTERM'), 0);
+  t.ok(daemon.logs.some((line) => line.msg === 'relay stopped'), 'it shut down, it was not killed by the signal');
+});
+
+t.test('a database without pgrelay: the daemon says so and exits 1', { buffered: true }, async (t) => {
+  const db = await freshDatabase(t, { migrated: false });
+  const daemon = killAtEnd(t, await startDaemonProcess({ connectionString: db.connectionString, waitReady: false }));
+  const deadline = new Promise<string>((resolve) => setTimeout(() => resolve('still running after 20 s'), 20_000).unref());
+  t.equal(await Promise.race([daemon.exited, deadline]), 1);
+  t.ok(daemon.logs.some((line) => /run `pgrelay migrate up` first/.test(String(line.msg))), 'the reason is printed');
 });

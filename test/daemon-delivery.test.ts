@@ -17,7 +17,12 @@ const SECRET = 'test-hook-secret-0123456789';
 t.test('the real daemon delivers to a webhook, a failing webhook and stdout', async (t) => {
   const db = await freshDatabase(t);
   const hooks = await startWebhookReceiver(t, { secret: SECRET });
-  const poisoned = await startWebhookReceiver(t, { statusFor: (event) => ((event.data as { poison?: boolean }).poison === true ? 500 : 204) });
+  // The second webhook always fails one message, and answers another's first attempt too late.
+  const isSlowFirst = (event: { data: unknown; attempt: number }): boolean => (event.data as { slow?: boolean }).slow === true && event.attempt === 1;
+  const poisoned = await startWebhookReceiver(t, {
+    statusFor: (event) => ((event.data as { poison?: boolean }).poison === true ? 500 : isSlowFirst(event) ? 504 : 204),
+    delayFor: (event) => (isSlowFirst(event) ? 10_000 : 0),
+  });
 
   const admin = await connect(db.connectionString, 'test-admin');
   t.teardown(() => admin.end());
@@ -25,7 +30,7 @@ t.test('the real daemon delivers to a webhook, a failing webhook and stdout', as
     JSON.stringify({ type: 'webhook', url: hooks.url, secret_env: 'PGRELAY_TEST_HOOK_SECRET', source: 'https://test.example/pgrelay' }),
   ]);
   await admin.query(`SELECT pgrelay.subscribe('poison', '{orders}', $1::jsonb, '{"partitions":2,"max_attempts":3,"backoff":{"initial_ms":100,"max_ms":200,"jitter":0}}')`, [
-    JSON.stringify({ type: 'webhook', url: poisoned.url }),
+    JSON.stringify({ type: 'webhook', url: poisoned.url, timeout_ms: 2000 }),
   ]);
   await admin.query(`SELECT pgrelay.subscribe('lines', '{orders}', '{"type":"stdout"}')`);
   // A sink whose secret is missing from the environment: refused, named, never printed.
@@ -80,6 +85,7 @@ t.test('the real daemon delivers to a webhook, a failing webhook and stdout', as
   for (const [i, data] of [{ n: 1 }, { n: 2, poison: true }, { n: 3 }, { n: 4 }].entries()) {
     poisonIds[i] = await publishOne(admin, 'k-poison', data);
   }
+  const slow = await publishOne(admin, 'k-slow', { slow: true });
   const produced = await produce(db.connectionString, { producers: 5, transactionsEach: 20, keys: ['k1', 'k2', 'k3', 'k4', 'k5', 'k6', 'k7', 'k8'] });
 
   await t.test('with the horizon held, B is pulled forward and delivered before A', async (t) => {
@@ -95,6 +101,7 @@ t.test('the real daemon delivers to a webhook, a failing webhook and stdout', as
     fromA,
     held,
     ...poisonIds,
+    slow,
     ...produced.committed.map((m) => m.id),
   ]);
   const committedIds = new Set(committed.map((m) => m.id));
@@ -132,7 +139,8 @@ t.test('the real daemon delivers to a webhook, a failing webhook and stdout', as
     const attempts = poisoned.requests.filter((r) => r.id === poison);
     t.same(attempts.map((r) => r.attempt), [1, 2, 3], 'tried max_attempts times, attempt header counting');
     t.same(new Set(poisoned.acked().map((r) => r.id)), new Set([...committedIds].filter((id) => id !== poison)), 'the rest of the log delivered');
-    t.same(duplicates(poisoned.acked()), []);
+    const twice = duplicates(poisoned.acked());
+    t.same(twice, [], 'nothing acknowledged twice', { requests: poisoned.requests.filter((r) => twice.includes(r.id)) });
     t.same(perKeyOrderViolations(poisoned.acked(), committed.filter((m) => m.id !== poison)), []);
     const lastAttempt = attempts.at(-1)!.seq;
     const after = poisoned.acked().filter((r) => r.id === poisonIds[2] || r.id === poisonIds[3]);
@@ -146,6 +154,13 @@ t.test('the real daemon delivers to a webhook, a failing webhook and stdout', as
     t.match(rows[0]?.last_error, /HTTP 500/);
     const dead = await admin.query(`SELECT 1 FROM pgrelay.dead_letters WHERE subscription <> 'poison'`);
     t.equal(dead.rowCount, 0, 'no dead letters elsewhere');
+  });
+
+  await t.test('a webhook that answers too late (timeout_ms) is tried again', async (t) => {
+    const attempts = poisoned.requests.filter((r) => r.id === slow).sort((x, y) => x.attempt - y.attempt);
+    t.same(attempts.map((r) => [r.attempt, r.status]), [[1, 504], [2, 204]], 'a second attempt, acknowledged');
+    t.ok(attempts[1]!.arrivedAt - attempts[0]!.arrivedAt < 10_000, 'sent before the first answer could come: the daemon stopped waiting');
+    t.equal(poisoned.acked().filter((r) => r.id === slow).length, 1);
   });
 
   await t.test('the stdout sink prints one JSON line per message', async (t) => {
@@ -174,7 +189,7 @@ t.test('the real daemon delivers to a webhook, a failing webhook and stdout', as
     const text = await response.text();
     const delivered = /pgrelay_delivered_total\{subscription="hooks"\} (\d+)/.exec(text);
     t.equal(Number(delivered?.[1]), committedIds.size, 'delivered_total of hooks');
-    t.match(text, /pgrelay_failed_total\{subscription="poison"\} 3\b/);
+    t.match(text, /pgrelay_failed_total\{subscription="poison"\} 4\b/, "three failures of the poison, one timeout");
     t.match(text, /pgrelay_delivery_latency_seconds_bucket\{le="[^"]+",subscription="hooks"\}/);
     t.match(text, /pgrelay_horizon_stall_seconds /);
     t.equal((await http('/nothing')).status, 404);

@@ -54,7 +54,11 @@ t.test('dead-letters list, retry and discard', async (t) => {
   ]);
   t.equal(await count(), 3, 'three dead letters');
 
-  const listed = await cli('dead-letters', 'list', 'dl');
+  const [listed, listedAll, listedOther] = await Promise.all([
+    cli('dead-letters', 'list', 'dl'),
+    cli('dead-letters', 'list'),
+    cli('dead-letters', 'list', 'other'),
+  ]);
   t.equal(listed.code, 0, listed.stderr);
   const letters = JSON.parse(listed.stdout) as Array<{ subscription: string; position: string; key: string; attempts: number; last_error: string; data: unknown }>;
   t.same(
@@ -63,8 +67,8 @@ t.test('dead-letters list, retry and discard', async (t) => {
     'list shows each with its attempts and last error',
   );
   t.same(letters[0]?.data, { key: 'a' });
-  t.equal((JSON.parse((await cli('dead-letters', 'list')).stdout) as unknown[]).length, 3, 'list without a name: every subscription');
-  t.same(JSON.parse((await cli('dead-letters', 'list', 'other')).stdout), [], 'another subscription has none');
+  t.equal((JSON.parse(listedAll.stdout) as unknown[]).length, 3, 'list without a name: every subscription');
+  t.same(JSON.parse(listedOther.stdout), [], 'another subscription has none');
 
   const retried = await cli('dead-letters', 'retry', 'dl', positions[0]!);
   t.equal(retried.code, 0, retried.stderr);

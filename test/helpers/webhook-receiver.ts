@@ -22,6 +22,10 @@ export type ReceivedEvent = {
   subscription: string;
   /** The HTTP status this receiver answered. */
   status: number;
+  /** Date.now() when the request arrived (before any delay). */
+  arrivedAt: number;
+  /** Whether the answer has been written (a delayed one may still be pending). */
+  answered: boolean;
 };
 
 export type ReceiverOptions = {
@@ -31,11 +35,13 @@ export type ReceiverOptions = {
   statusFor?: (event: ReceivedEvent) => number;
   /** Delay before answering, per request. */
   delayMs?: number;
+  /** Delay before answering this request (instead of delayMs). */
+  delayFor?: (event: ReceivedEvent) => number;
 };
 
 export type WebhookReceiver = {
   url: string;
-  /** Every well-formed request, in arrival order. */
+  /** Every well-formed request, in arrival order (answered or not yet). */
   requests: ReceivedEvent[];
   /** Requests answered 2xx, in arrival order. */
   acked(): ReceivedEvent[];
@@ -103,6 +109,7 @@ export async function startWebhookReceiver(t: Test, options: ReceiverOptions = {
   let seq = 0;
   const server = createServer((request, response) => {
     void (async () => {
+      const arrivedAt = Date.now();
       const body = await readBody(request);
       const parsed = parseCloudEvent(body, request.headers);
       const signatureProblem = options.secret === undefined ? null : checkSignature(options.secret, request.headers['x-pgrelay-signature'] as string | undefined, body);
@@ -125,11 +132,16 @@ export async function startWebhookReceiver(t: Test, options: ReceiverOptions = {
         attempt: Number(request.headers['x-pgrelay-attempt']),
         subscription: String(request.headers['x-pgrelay-subscription']),
         status: 204,
+        arrivedAt,
+        answered: false,
       };
       received.status = options.statusFor?.(received) ?? 204;
-      if (options.delayMs !== undefined) await new Promise((resolve) => setTimeout(resolve, options.delayMs));
-      // Recorded as answered: a daemon killed before it reads the answer will send it again.
       requests.push(received);
+      for (const wake of [...waiters]) wake();
+      const delay = options.delayFor?.(received) ?? options.delayMs ?? 0;
+      if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay).unref()); // never what keeps a test alive
+      // Counted as acknowledged from here: a daemon killed before it reads the answer sends it again.
+      received.answered = true;
       response.writeHead(received.status).end();
       for (const wake of [...waiters]) wake();
     })().catch((error: unknown) => {
@@ -149,7 +161,7 @@ export async function startWebhookReceiver(t: Test, options: ReceiverOptions = {
   return {
     url: `http://127.0.0.1:${port}/hooks`,
     requests,
-    acked: () => requests.filter((r) => r.status >= 200 && r.status < 300),
+    acked: () => requests.filter((r) => r.answered && r.status >= 200 && r.status < 300),
     problems,
     waitFor: (done, timeoutMs, what) =>
       new Promise((resolve, reject) => {
