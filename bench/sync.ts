@@ -54,7 +54,7 @@ async function fillSource(url: string, keys: number, changes: number): Promise<n
 async function lastCursor(url: string): Promise<{ xid: string; position: string }> {
   return withPg(url, async (c) => {
     const { rows } = await c.query<{ xid: string; position: string }>(
-      `SELECT xid::text AS xid, position::text AS position FROM pgrelay.messages WHERE topic = 'cdc.public.users' ORDER BY xid DESC, position DESC LIMIT 1`,
+      `SELECT m.xid::text AS xid, m.position::text AS position FROM pgrelay.messages m WHERE m.topic = 'cdc.public.users' ORDER BY m.xid DESC, m.position DESC LIMIT 1`,
     );
     return rows[0]!;
   });
