@@ -40,8 +40,14 @@ export async function syncCommand(verb: string | undefined, name: string | undef
       case 'run': {
         const sync = pick();
         if (typeof sync.target.database_env === 'string') throw new Error('a cross-database sync is run by `pgrelay daemon`');
+        // Until the checkpoint stops moving (a batch of only stale changes applies 0 rows but moves it).
         let total = 0;
-        for (let n = await runLocalSync(source, sync.name); n > 0; n = await runLocalSync(source, sync.name)) total += n;
+        for (let at = JSON.stringify(await syncCheckpoint(source, sync.name)); ; ) {
+          total += await runLocalSync(source, sync.name);
+          const now = JSON.stringify(await syncCheckpoint(source, sync.name));
+          if (now === at) break;
+          at = now;
+        }
         process.stdout.write(`${JSON.stringify({ applied: total })}\n`);
         return 0;
       }

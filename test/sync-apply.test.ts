@@ -4,7 +4,7 @@
 // no-op; deletes racing upserts end as the source did; domain events as a source; lag in SQL.
 import t from 'tap';
 import { freshDatabase } from './helpers/db.ts';
-import { connect, failure, runToEnd, settle, snapshot } from './helpers/sync.ts';
+import { cli, connect, failure, runToEnd, settle, snapshot } from './helpers/sync.ts';
 
 const SOURCE = `
   CREATE TABLE public.users (id int PRIMARY KEY, username text NOT NULL, email text, password text);
@@ -206,4 +206,28 @@ t.test('retention keeps the log a sync has not applied yet', async (t) => {
   t.equal(left.rows[0].n, 5, 'the 5 messages the sync still needs are kept', {
     todo: 'retention_run does not consider pgrelay.syncs(applied_xid, applied_position) yet (another branch owns retention_run.sql)',
   });
+});
+
+t.test('CLI: `pgrelay sync run NAME` applies a same-database sync to the end; `sync list` shows it; a cross-database one is refused', async (t) => {
+  const db = await freshDatabase(t);
+  const c = await connect(t, db.connectionString);
+  await c.query(SOURCE);
+  await c.query('CREATE TABLE public.user_snapshots (id int PRIMARY KEY, username text, email text)');
+  await c.query(`SELECT pgrelay.sync_define('snap', ARRAY['cdc.public.users'], '{"table": "public.user_snapshots", "key_columns": ["id"], "columns": {"id": "id", "username": "username", "email": "email"}}')`);
+  await c.query(`SELECT pgrelay.sync_define('remote', ARRAY['cdc.public.users'], '{"table": "public.user_snapshots", "key_columns": ["id"], "database_env": "NOWHERE_URL"}')`);
+  for (let i = 0; i < 5; i++) await c.query(`INSERT INTO public.users SELECT g, 'u' || g, 'u' || g || '@x.test', 's' FROM generate_series($1::int * 1000 + 1, $1::int * 1000 + 700) g`, [i]);
+  await c.query('UPDATE public.users SET email = NULL WHERE id % 3 = 0');
+  await settle(db.connectionString);
+  const env = { DATABASE_URL: db.connectionString };
+  const run = await cli(['sync', 'run', 'snap'], env);
+  t.equal(run.code, 0, `exit 0 (stderr: ${run.stderr.slice(-200)})`);
+  const updates = (await c.query(`SELECT count(*)::int AS n FROM public.users WHERE id % 3 = 0`)).rows[0].n as number;
+  const applied = (JSON.parse(run.stdout) as { applied: number }).applied;
+  t.ok(applied >= 3500 && applied <= 3500 + updates, `${applied} row changes applied over several batches (3500 inserts, ${updates} updates, some merged per batch)`);
+  t.same(await snapshot(c, 'SELECT id, username, email FROM public.user_snapshots'), await snapshot(c, 'SELECT id, username, email FROM public.users'), 'target equals source');
+  const list = await cli(['sync', 'list'], env);
+  t.same((JSON.parse(list.stdout) as Array<{ name: string }>).map((s) => s.name), ['remote', 'snap'], 'sync list');
+  const remote = await cli(['sync', 'run', 'remote'], env);
+  t.equal(remote.code, 1, 'sync run on a cross-database sync: exit 1');
+  t.match(remote.stderr, /cross-database sync is run by `pgrelay daemon`/);
 });

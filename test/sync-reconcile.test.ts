@@ -3,29 +3,13 @@
 // reconcile NAME`, across databases, with a report and progress); a reconcile running while
 // writers change the source and the sync applies concurrently undoes none of the sync's work.
 import t from 'tap';
-import { spawn } from 'node:child_process';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { createPgrelayPool } from '../client/index.ts';
 import { sql, type DatabasePool } from 'slonik';
 import { z } from 'zod';
 import { listSyncs, runSyncStep, syncCheckpoint, type SyncDefinition } from '../daemon/sync-runner.ts';
 import { reconcileSync } from '../daemon/reconcile.ts';
 import { freshDatabase } from './helpers/db.ts';
-import { connect, runToEnd, settle, snapshot } from './helpers/sync.ts';
-
-const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'bin', 'pgrelay.js');
-
-function cli(args: string[], env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk) => (stdout += chunk));
-    child.stderr.on('data', (chunk) => (stderr += chunk));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+import { cli, connect, runToEnd, settle, snapshot } from './helpers/sync.ts';
 
 /** Runs a cross-database sync in process (the daemon's own step) until no source message is pending. */
 async function catchUp(source: DatabasePool, target: DatabasePool, sync: SyncDefinition, batch = 500): Promise<void> {

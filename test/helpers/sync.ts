@@ -1,6 +1,7 @@
 // What the sync tests share: connections, waiting with deadlines, error expectations, and running
 // a same-database sync until it has caught up.
 import type { Test } from 'tap';
+import { spawn } from 'node:child_process';
 import pg from 'pg';
 import { query } from './db.ts';
 
@@ -86,4 +87,18 @@ export async function runToEnd(client: pg.Client, name: string, maxMessages = 10
 export async function snapshot(client: pg.Client, text: string): Promise<string[]> {
   const { rows } = await client.query(text);
   return rows.map((row) => JSON.stringify(row)).sort();
+}
+
+const CLI = new URL('../../dist/bin/pgrelay.js', import.meta.url).pathname;
+
+/** Runs the built `pgrelay` CLI (npm run build first) and collects its output and exit code. */
+export function cli(args: string[], env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => (stdout += chunk));
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
 }
