@@ -203,9 +203,14 @@ t.test('retention keeps the log a sync has not applied yet', async (t) => {
   await settle(db.connectionString);
   await c.query(`SELECT pgrelay.retention_run(interval '0')`);
   const left = await c.query(`SELECT count(*)::int AS n FROM pgrelay.messages WHERE topic = 'items'`);
-  t.equal(left.rows[0].n, 5, 'the 5 messages the sync still needs are kept', {
-    todo: 'retention_run does not consider pgrelay.syncs(applied_xid, applied_position) yet (another branch owns retention_run.sql)',
-  });
+  t.equal(left.rows[0].n, 5, 'the 5 messages the sync still needs are kept');
+  // Once the sync reports (from its target database) that it applied the first three, only those go.
+  const third = await c.query(`SELECT xid::text AS xid, position::text AS position FROM pgrelay.messages WHERE topic = 'items' ORDER BY xid, position OFFSET 2 LIMIT 1`);
+  await c.query(`SELECT pgrelay.sync_progress('items', $1::xid8, $2::bigint)`, [third.rows[0].xid, third.rows[0].position]);
+  const deleted = await c.query(`SELECT pgrelay.retention_run(interval '0') AS n`);
+  t.equal(Number(deleted.rows[0].n), 3, 'the 3 messages the sync has applied are deleted');
+  const after = await c.query(`SELECT count(*)::int AS n FROM pgrelay.messages WHERE topic = 'items'`);
+  t.equal(after.rows[0].n, 2, 'the 2 it has not applied are kept');
 });
 
 t.test('CLI: `pgrelay sync run NAME` applies a same-database sync to the end; `sync list` shows it; a cross-database one is refused', async (t) => {

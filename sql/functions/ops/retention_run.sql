@@ -1,7 +1,8 @@
 -- pgrelay.retention_run(older_than, batch_size): delete log messages older than older_than
 -- (default: setting pgrelay.retention, else 7 days) that every reader of their topic has passed:
 -- for each subscription whose topics match, the partition the message hashes to; each matching
--- projection; each matching sync whose checkpoint lives in this database. A reader of other
+-- projection; each matching sync, through its checkpoint when it lives in this database and
+-- through the progress it reports back to the source otherwise. A reader of other
 -- topics never holds a message back, however far behind it is. Returns how many it deleted.
 -- The log is examined in walk order, batch_size messages per statement, so each statement is
 -- short and publishers never wait on it. Messages waiting in retries or dead letters are kept
@@ -61,10 +62,13 @@ BEGIN
               WHERE pgrelay._topic_matches(m.topic, j.topics)
                 AND (j.cursor_xid, j.cursor_position) < (m.xid, m.position))
           AND NOT EXISTS (
+              -- A sync has applied a message when its checkpoint (same database) or the
+              -- source-side copy of its progress (any database, pgrelay.sync_progress) passed it.
               SELECT 1 FROM pgrelay.syncs y
-              JOIN pgrelay.sync_checkpoints c ON c.name = y.name
+              LEFT JOIN pgrelay.sync_checkpoints c ON c.name = y.name
               WHERE pgrelay._topic_matches(m.topic, y.topics)
-                AND (c.cursor_xid, c.cursor_position) < (m.xid, m.position));
+                AND (y.applied_xid, y.applied_position) < (m.xid, m.position)
+                AND (c.name IS NULL OR (c.cursor_xid, c.cursor_position) < (m.xid, m.position)));
         GET DIAGNOSTICS v_batch = ROW_COUNT;
         v_deleted := v_deleted + v_batch;
         EXIT WHEN cardinality(v_xids) < retention_run.batch_size;
