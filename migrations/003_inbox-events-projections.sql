@@ -61,6 +61,10 @@ CREATE TABLE pgrelay.projections (
     last_applied_at timestamptz,
     last_error      text,
     failed_position bigint,
+    -- Committed messages above the cursor that start 'latest' passed (xid, position pairs, the
+    -- walk skips them); pairs fall away once the cursor passes them.
+    skip_xids       xid8[]      NOT NULL DEFAULT '{}',
+    skip_positions  bigint[]    NOT NULL DEFAULT '{}',
     created_at      timestamptz NOT NULL DEFAULT now()
 );
 

@@ -31,7 +31,11 @@ LANGUAGE plpgsql
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_fn constant text := 'pgrelay.projection_define';
+    v_fn              constant text := 'pgrelay.projection_define';
+    v_cursor_xid      xid8 := '0';
+    v_cursor_position bigint := 0;
+    v_skip_xids       xid8[] := '{}';
+    v_skip_positions  bigint[] := '{}';
 BEGIN
     PERFORM pgrelay._check_name(v_fn, 'name', projection_define.name);
     PERFORM pgrelay._check_topic_patterns(v_fn, 'topics', projection_define.topics);
@@ -42,11 +46,22 @@ BEGIN
     IF projection_define.start IS NULL OR projection_define.start NOT IN ('earliest', 'latest') THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'start', 'must be ''earliest'' or ''latest''');
     END IF;
-    INSERT INTO pgrelay.projections AS p (name, topics, handler, reset_handler, cursor_xid, cursor_position)
+    IF projection_define.start = 'latest' THEN
+        -- The cursor can only sit below the horizon; transactions above it that have already
+        -- committed are history too, so their messages are listed to be skipped.
+        v_cursor_xid := (pg_snapshot_xmin(pg_current_snapshot())::text::numeric - 1)::text::xid8;
+        v_cursor_position := 9223372036854775807;
+        SELECT coalesce(array_agg(m.xid ORDER BY m.xid, m.position), '{}'),
+               coalesce(array_agg(m.position ORDER BY m.xid, m.position), '{}')
+          INTO v_skip_xids, v_skip_positions
+          FROM pgrelay.messages m
+         WHERE (m.xid, m.position) > (v_cursor_xid, v_cursor_position)
+           AND pgrelay._topic_matches(m.topic, projection_define.topics);
+    END IF;
+    INSERT INTO pgrelay.projections AS p (name, topics, handler, reset_handler, cursor_xid, cursor_position,
+                                          skip_xids, skip_positions)
     VALUES (projection_define.name, projection_define.topics, projection_define.handler, projection_define.reset_handler,
-            CASE WHEN projection_define.start = 'latest'
-                 THEN (pg_snapshot_xmin(pg_current_snapshot())::text::numeric - 1)::text::xid8 ELSE '0' END,
-            CASE WHEN projection_define.start = 'latest' THEN 9223372036854775807 ELSE 0 END)
+            v_cursor_xid, v_cursor_position, v_skip_xids, v_skip_positions)
     ON CONFLICT ON CONSTRAINT projections_pkey DO UPDATE
         SET topics = excluded.topics, handler = excluded.handler, reset_handler = excluded.reset_handler;
 END;
@@ -83,7 +98,7 @@ BEGIN
         RETURN 0; -- another run holds it
     END IF;
     v_batch := pgrelay._read_walk(v_proj.cursor_xid, v_proj.cursor_position, projection_run.max_messages,
-                                  v_proj.topics, 0, 1, '{}');
+                                  v_proj.topics, 0, 1, v_proj.skip_positions);
     IF cardinality(v_batch) = 0 THEN
         RETURN 0;
     END IF;
@@ -106,7 +121,11 @@ BEGIN
     UPDATE pgrelay.projections p
        SET cursor_xid = v_last.xid, cursor_position = v_last.position,
            applied_count = p.applied_count + cardinality(v_batch), last_applied_at = clock_timestamp(),
-           last_error = NULL, failed_position = NULL
+           last_error = NULL, failed_position = NULL,
+           skip_xids = coalesce((SELECT array_agg(k.x ORDER BY k.x, k.pos) FROM unnest(p.skip_xids, p.skip_positions) AS k(x, pos)
+                                 WHERE (k.x, k.pos) > (v_last.xid, v_last.position)), '{}'),
+           skip_positions = coalesce((SELECT array_agg(k.pos ORDER BY k.x, k.pos) FROM unnest(p.skip_xids, p.skip_positions) AS k(x, pos)
+                                      WHERE (k.x, k.pos) > (v_last.xid, v_last.position)), '{}')
      WHERE p.name = v_proj.name;
     RETURN cardinality(v_batch);
 END;
@@ -131,7 +150,8 @@ BEGIN
         EXECUTE format('SELECT %s()', v_proj.reset_handler::oid::regproc);
     END IF;
     UPDATE pgrelay.projections p
-       SET cursor_xid = '0', cursor_position = 0, applied_count = 0, last_error = NULL, failed_position = NULL
+       SET cursor_xid = '0', cursor_position = 0, applied_count = 0, last_error = NULL, failed_position = NULL,
+           skip_xids = '{}', skip_positions = '{}'
      WHERE p.name = v_proj.name;
 END;
 $$;
@@ -161,10 +181,12 @@ AS $$
     SELECT p.name,
            (SELECT count(*) FROM (SELECT 1 FROM pgrelay.messages m
                                   WHERE (m.xid, m.position) > (p.cursor_xid, p.cursor_position)
+                                    AND m.position <> ALL (p.skip_positions)
                                     AND pgrelay._topic_matches(m.topic, p.topics) LIMIT 1000000) q),
            coalesce((SELECT extract(epoch FROM clock_timestamp() - min(m.created_at))::double precision
                      FROM (SELECT m.created_at FROM pgrelay.messages m
                            WHERE (m.xid, m.position) > (p.cursor_xid, p.cursor_position)
+                             AND m.position <> ALL (p.skip_positions)
                              AND pgrelay._topic_matches(m.topic, p.topics)
                            ORDER BY m.xid, m.position LIMIT 1000) m), 0),
            p.applied_count, p.last_error
