@@ -1,7 +1,7 @@
 // 1,000 order sagas at once (examples/order-saga): with TypeScript workers in three processes'
-// worth of pools and cancellations racing them; and all-SQL with the daemon process as the only
-// thing moving them (no TypeScript worker alive). Every saga must end in a terminal state and the
-// shop's tables must balance: stock and money taken exactly for the completed orders, everything
+// worth of pools and cancellations racing them; and all-SQL with daemon processes as the only
+// thing moving them (no TypeScript worker alive; two daemons, so each saga_tick races another).
+// Every saga must end in a terminal state and the shop's tables must balance: stock and money taken exactly for the completed orders, everything
 // of a compensated or cancelled order given back, and no confirmed order that was not paid for.
 import t, { type Test } from 'tap';
 import { createSagaWorker, InvalidStateError, LeaseLostError, type PgrelayClient } from '../client/index.ts';
@@ -135,7 +135,7 @@ t.test('1,000 concurrent order sagas with TypeScript workers, cancellations raci
   t.equal(lostNotCancelled!.n, 0, `the ${lost.length} results dropped for a lost lease all belong to cancelled sagas`);
 });
 
-t.test('1,000 concurrent all-SQL order sagas, moved only by the daemon process', async (t) => {
+t.test('1,000 concurrent all-SQL order sagas, moved only by two daemon processes', async (t) => {
   const { url, client } = await shop(t);
   await client.sagas.define(orderSagaSqlOnly.type, orderSagaSqlOnly.definition);
   const inputs = orders('sql');
@@ -146,11 +146,12 @@ t.test('1,000 concurrent all-SQL order sagas, moved only by the daemon process',
   await sleep(300);
   t.equal(SAGAS - (await terminalCount(url)), waiting, 'with no driver, none of them moves');
 
-  const daemon = await startDaemonProcess({ connectionString: url });
-  t.teardown(() => daemon.kill('SIGKILL'));
+  // Two daemons drive the same sagas: saga_tick locks each saga (SKIP LOCKED), so no step runs twice.
+  const daemons = await Promise.all([0, 1].map(() => startDaemonProcess({ connectionString: url })));
+  t.teardown(() => Promise.all(daemons.map((d) => d.kill('SIGKILL'))));
   await waitUntil('1,000 sagas to end', async () => (await terminalCount(url)) === SAGAS, 50_000);
   await assertConsistent(t, url, 'shop.order-sql');
   const [retried] = await query<{ n: number }>(url, `SELECT count(*)::int AS n FROM pgrelay.saga_steps WHERE name = 'charge' AND status = 'succeeded' AND attempts = 2`);
   t.ok(retried!.n > 0, `${retried!.n} charges succeeded on their second attempt, run by the daemon's saga_tick`);
-  t.equal(await daemon.kill('SIGTERM'), 0, 'the daemon stops cleanly');
+  for (const daemon of daemons) t.equal(await daemon.kill('SIGTERM'), 0, 'a daemon stops cleanly on SIGTERM');
 });

@@ -247,3 +247,48 @@ t.test('in process: a compensation that always fails ends failed; retry after th
   t.equal(done.status, 'compensated', 'retry after the fix compensates');
   t.equal(released, 1);
 });
+
+t.test('in process: every connection killed mid-run (pg_terminate_backend); the worker reconnects and all sagas complete once', async (t) => {
+  const db = await freshDatabase(t);
+  const url = db.connectionString;
+  await query(url, `CREATE TABLE public.effects (idempotency_key text PRIMARY KEY, attempt int NOT NULL)`);
+  const client = await newClient(t, url);
+  const workerClient = await newClient(t, url, 4);
+  let started = 0;
+  const saga = defineSaga({
+    type: 'w.killed',
+    input: z.object({ n: z.number() }),
+    steps: ['one', 'two'].map((name) => ({
+      name,
+      timeout: 2,
+      maxAttempts: 10,
+      backoff: { initial_ms: 20, max_ms: 200, jitter: 0 },
+      action: async (run: { idempotencyKey: string; attempt: number }) => {
+        started += 1;
+        await sleep(50);
+        await query(url, 'INSERT INTO public.effects VALUES ($1, $2) ON CONFLICT DO NOTHING', [run.idempotencyKey, run.attempt]);
+        return {};
+      },
+    })),
+  });
+  await saga.register(client);
+  const worker = stopAtTeardown(t, createSagaWorker({ client: workerClient, sagas: [saga], concurrency: 8, tickIntervalMs: 100, logger: recordingLogger() }));
+  const ids = await client.sagas.startMany(saga, Array.from({ length: 40 }, (_, n) => ({ input: { n } })));
+  await waitUntil('steps to be running', () => started >= 8);
+  for (let round = 0; round < 3; round += 1) {
+    const [killed] = await query<{ n: number }>(
+      url,
+      `SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`,
+    );
+    t.ok(killed!.n >= 1, `round ${round + 1}: killed ${killed!.n} connections`);
+    await sleep(150);
+  }
+  await waitUntil('all 40 sagas to complete', async () => {
+    const [row] = await query<{ n: number }>(url, `SELECT count(*)::int AS n FROM pgrelay.sagas WHERE status = 'completed'`);
+    return row!.n === 40;
+  }, 40_000);
+  const [effects] = await query<{ n: number }>(url, 'SELECT count(*)::int AS n FROM public.effects');
+  t.equal(effects!.n, 80, 'one effect per step (retried attempts deduplicated by the idempotency key)');
+  t.ok(worker.stats.errors > 0, `the worker saw the kills (${worker.stats.errors} errors) and carried on`);
+  t.equal(ids.length, 40);
+});
