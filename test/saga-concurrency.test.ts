@@ -4,6 +4,7 @@
 // Every saga must end in a terminal state and the shop's tables must balance: stock and money taken exactly for the completed orders, everything
 // of a compensated or cancelled order given back, and no confirmed order that was not paid for.
 import t, { type Test } from 'tap';
+import pg from 'pg';
 import { createSagaWorker, InvalidStateError, LeaseLostError, type PgrelayClient } from '../client/index.ts';
 import { createOrderSaga, orderSagaSqlOnly, SHOP_SCHEMA, type OrderInput } from '../examples/order-saga/index.ts';
 import { startDaemonProcess } from './helpers/daemon-process.ts';
@@ -46,7 +47,13 @@ async function assertConsistent(t: Test, url: string, sagaType: string): Promise
     ),
   );
   t.equal(Object.values(statuses).reduce((a, b) => a + b, 0), SAGAS, `${SAGAS} sagas`);
-  t.same(Object.keys(statuses).filter((s) => !['completed', 'compensated', 'cancelled'].includes(s)), [], `every saga completed, compensated or cancelled: ${JSON.stringify(statuses)}`);
+  const stuck = await query<{ status: string; step: string; step_status: string; last_error: string }>(
+    url,
+    `SELECT s.status, st.name AS step, st.status AS step_status, st.last_error FROM pgrelay.sagas s JOIN pgrelay.saga_steps st ON st.saga_id = s.id
+     WHERE s.saga_type = $1 AND s.status NOT IN ('completed', 'compensated', 'cancelled') AND st.last_error IS NOT NULL LIMIT 5`,
+    [sagaType],
+  );
+  t.same(Object.keys(statuses).filter((s) => !['completed', 'compensated', 'cancelled'].includes(s)), [], `every saga completed, compensated or cancelled: ${JSON.stringify(statuses)} ${JSON.stringify(stuck)}`);
   t.ok((statuses.completed ?? 0) > 0 && (statuses.compensated ?? 0) > 0, 'some orders went through and some were undone');
 
   const [wrong] = await query<{ completed_unpaid: number; undone_kept: number; confirmed_not_completed: number; steps_not_final: number }>(
@@ -154,4 +161,47 @@ t.test('1,000 concurrent all-SQL order sagas, moved only by two daemon processes
   const [retried] = await query<{ n: number }>(url, `SELECT count(*)::int AS n FROM pgrelay.saga_steps WHERE name = 'charge' AND status = 'succeeded' AND attempts = 2`);
   t.ok(retried!.n > 0, `${retried!.n} charges succeeded on their second attempt, run by the daemon's saga_tick`);
   for (const daemon of daemons) t.equal(await daemon.kill('SIGTERM'), 0, 'a daemon stops cleanly on SIGTERM');
+});
+
+t.test('a SQL step that loses a deadlock is run again later, not counted as a failed attempt', async (t) => {
+  const db = await freshDatabase(t);
+  const url = db.connectionString;
+  await query(
+    url,
+    `CREATE TABLE public.rows (id text PRIMARY KEY, n int NOT NULL);
+     INSERT INTO public.rows VALUES ('a', 0), ('b', 0);
+     CREATE FUNCTION public.touch_a_then_b(input jsonb, context jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+     BEGIN
+       UPDATE public.rows SET n = n + 1 WHERE id = 'a';
+       UPDATE public.rows SET n = n + 1 WHERE id = 'b';
+       RETURN '{}';
+     END $$;
+     SELECT pgrelay.saga_define('deadlock', '{"steps": [{"name": "touch", "action": {"sql": "public.touch_a_then_b"}, "max_attempts": 1}]}');`,
+  );
+  const client = await newClient(t, url);
+  const holder = new pg.Client({ connectionString: url });
+  const starter = new pg.Client({ connectionString: url });
+  await Promise.all([holder.connect(), starter.connect()]);
+  t.teardown(() => Promise.all([holder.end(), starter.end()]));
+  await starter.query(`SET deadlock_timeout = '50ms'`); // the saga's backend detects the deadlock: it is the victim
+  await holder.query(`SET deadlock_timeout = '10s'`);
+  await holder.query('BEGIN');
+  await holder.query(`UPDATE public.rows SET n = n + 100 WHERE id = 'b'`);
+  const started = starter.query<{ id: string }>(`SELECT pgrelay.saga_start('deadlock', '{}') AS id`); // locks a, waits for b
+  await waitUntil('the saga to wait for row b', async () => {
+    const [row] = await query<{ n: number }>(url, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`);
+    return row!.n === 1;
+  });
+  const holderWaits = holder.query(`UPDATE public.rows SET n = n + 100 WHERE id = 'a'`); // closes the cycle
+  const id = (await started).rows[0]!.id;
+  await holderWaits;
+  await holder.query('COMMIT');
+  const after = await client.sagas.status(id);
+  t.equal(after.status, 'running', 'the saga did not fail: its step lost a lock race, not its one attempt');
+  t.match(after.steps[0], { status: 'ready', attempts: 0, last_error: /deadlock detected.*40P01/ });
+  await waitUntil('the retry to be due', async () => (await client.sagas.tick()) > 0 || (await client.sagas.status(id)).status !== 'running', 10_000);
+  const done = await client.sagas.status(id);
+  t.equal(done.status, 'completed', 'saga_tick ran the step again and it succeeded');
+  t.match(done.steps[0], { status: 'succeeded', attempts: 1 });
+  t.same(await query(url, 'SELECT id, n FROM public.rows ORDER BY id'), [{ id: 'a', n: 101 }, { id: 'b', n: 101 }], 'the step took effect once');
 });
