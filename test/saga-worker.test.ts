@@ -43,7 +43,10 @@ function stopAtTeardown(t: Test, worker: SagaWorker): SagaWorker {
 
 t.test('a worker process SIGKILLed mid-step: the lease expires, another worker retries the step, the saga completes', async (t) => {
   const { url, client } = await procDatabase(t);
-  const a = await startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'hang', PROC_WORKER: 'worker-a', PROC_TIMEOUT: '1' });
+  const [a, b] = await Promise.all([
+    startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'hang', PROC_WORKER: 'worker-a', PROC_TIMEOUT: '1' }),
+    startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'normal', PROC_WORKER: 'worker-b', PROC_TIMEOUT: '1', PROC_START_PAUSED: '1' }),
+  ]);
   const sagaId = await client.sagas.start('proc.order', { order: 1 });
   const started = await a.waitFor((e) => e.event === 'started' && e.saga_id === sagaId);
   t.equal(started.attempt, 1, 'worker a holds attempt 1 of charge');
@@ -56,7 +59,8 @@ t.test('a worker process SIGKILLed mid-step: the lease expires, another worker r
   t.equal(await a.exited, 'SIGKILL', 'worker a is dead');
   t.match((await client.sagas.status(sagaId)).steps[1], { status: 'leased', lease_owner: 'worker-a' }, 'its lease outlives it');
 
-  const b = await startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'normal', PROC_WORKER: 'worker-b', PROC_TIMEOUT: '1' });
+  b.kill('SIGUSR1'); // worker b, started paused, begins leasing now
+  await b.waitFor((e) => e.event === 'going');
   const done = await waitForSaga(client, sagaId, ['completed', 'compensated', 'failed'], 30_000);
   t.equal(done.status, 'completed', 'the saga completes');
   t.match(done.steps[1], { name: 'charge', status: 'succeeded', attempts: 2, timed_out: true }, 'charge: attempt 1 timed out, attempt 2 succeeded');
@@ -79,17 +83,14 @@ t.test('a worker process SIGKILLed mid-step: the lease expires, another worker r
 
 t.test('a worker process frozen past its lease (SIGSTOP) and resumed after another worker finished changes nothing', async (t) => {
   const { url, client } = await procDatabase(t);
-  const a = await startWorkerProcess(t, 'saga-worker-process.ts', {
-    DATABASE_URL: url,
-    PROC_MODE: 'slow',
-    PROC_SLOW_MS: '300',
-    PROC_WORKER: 'worker-a',
-    PROC_TIMEOUT: '1',
-  });
+  const [a, b] = await Promise.all([
+    startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'slow', PROC_SLOW_MS: '300', PROC_WORKER: 'worker-a', PROC_TIMEOUT: '1' }),
+    startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'normal', PROC_WORKER: 'worker-b', PROC_TIMEOUT: '1', PROC_START_PAUSED: '1' }),
+  ]);
   const sagaId = await client.sagas.start('proc.order', { order: 2 });
   await a.waitFor((e) => e.event === 'started' && e.saga_id === sagaId);
   a.kill('SIGSTOP');
-  const b = await startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'normal', PROC_WORKER: 'worker-b', PROC_TIMEOUT: '1' });
+  b.kill('SIGUSR1');
   const done = await waitForSaga(client, sagaId, ['completed', 'compensated', 'failed'], 30_000);
   t.equal(done.status, 'completed');
   t.match(done.context, { charged_by: 'worker-b', charge_attempt: 2 });
