@@ -183,8 +183,11 @@ t.test('a SQL step that loses a deadlock is run again later, not counted as a fa
   const starter = new pg.Client({ connectionString: url });
   await Promise.all([holder.connect(), starter.connect()]);
   t.teardown(() => Promise.all([holder.end(), starter.end()]));
-  await starter.query(`SET deadlock_timeout = '50ms'`); // the saga's backend detects the deadlock: it is the victim
-  await holder.query(`SET deadlock_timeout = '10s'`);
+  // A backend checks for a deadlock once, deadlock_timeout after it starts waiting. The saga's
+  // backend waits first; its check must come after the holder closes the cycle (well within 3 s)
+  // and long before the holder's own check: so the saga's backend is the victim.
+  await starter.query(`SET deadlock_timeout = '3s'`);
+  await holder.query(`SET deadlock_timeout = '60s'`);
   await holder.query('BEGIN');
   await holder.query(`UPDATE public.rows SET n = n + 100 WHERE id = 'b'`);
   const started = starter.query<{ id: string }>(`SELECT pgrelay.saga_start('deadlock', '{}') AS id`); // locks a, waits for b
