@@ -63,7 +63,9 @@ export function startDrivers(options: {
   };
 
   const sagaStep = async (): Promise<number> => {
-    const n = await pool.oneFirst(sql.type(countSchema)`SELECT pgrelay.saga_tick(200) AS n`);
+    // Small batches: a tick is one transaction, and the rows its SQL steps lock stay locked until
+    // it commits, so a big batch makes lock races with other ticks and with saga_start likelier.
+    const n = await pool.oneFirst(sql.type(countSchema)`SELECT pgrelay.saga_tick(50) AS n`);
     stats.sagaTicks += n;
     return n;
   };

@@ -43,7 +43,10 @@ function stopAtTeardown(t: Test, worker: SagaWorker): SagaWorker {
 
 t.test('a worker process SIGKILLed mid-step: the lease expires, another worker retries the step, the saga completes', async (t) => {
   const { url, client } = await procDatabase(t);
-  const a = await startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'hang', PROC_WORKER: 'worker-a', PROC_TIMEOUT: '1' });
+  const [a, b] = await Promise.all([
+    startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'hang', PROC_WORKER: 'worker-a', PROC_TIMEOUT: '1' }),
+    startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'normal', PROC_WORKER: 'worker-b', PROC_TIMEOUT: '1', PROC_START_PAUSED: '1' }),
+  ]);
   const sagaId = await client.sagas.start('proc.order', { order: 1 });
   const started = await a.waitFor((e) => e.event === 'started' && e.saga_id === sagaId);
   t.equal(started.attempt, 1, 'worker a holds attempt 1 of charge');
@@ -56,7 +59,8 @@ t.test('a worker process SIGKILLed mid-step: the lease expires, another worker r
   t.equal(await a.exited, 'SIGKILL', 'worker a is dead');
   t.match((await client.sagas.status(sagaId)).steps[1], { status: 'leased', lease_owner: 'worker-a' }, 'its lease outlives it');
 
-  const b = await startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'normal', PROC_WORKER: 'worker-b', PROC_TIMEOUT: '1' });
+  b.kill('SIGUSR1'); // worker b, started paused, begins leasing now
+  await b.waitFor((e) => e.event === 'going');
   const done = await waitForSaga(client, sagaId, ['completed', 'compensated', 'failed'], 30_000);
   t.equal(done.status, 'completed', 'the saga completes');
   t.match(done.steps[1], { name: 'charge', status: 'succeeded', attempts: 2, timed_out: true }, 'charge: attempt 1 timed out, attempt 2 succeeded');
@@ -79,17 +83,14 @@ t.test('a worker process SIGKILLed mid-step: the lease expires, another worker r
 
 t.test('a worker process frozen past its lease (SIGSTOP) and resumed after another worker finished changes nothing', async (t) => {
   const { url, client } = await procDatabase(t);
-  const a = await startWorkerProcess(t, 'saga-worker-process.ts', {
-    DATABASE_URL: url,
-    PROC_MODE: 'slow',
-    PROC_SLOW_MS: '300',
-    PROC_WORKER: 'worker-a',
-    PROC_TIMEOUT: '1',
-  });
+  const [a, b] = await Promise.all([
+    startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'slow', PROC_SLOW_MS: '300', PROC_WORKER: 'worker-a', PROC_TIMEOUT: '1' }),
+    startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'normal', PROC_WORKER: 'worker-b', PROC_TIMEOUT: '1', PROC_START_PAUSED: '1' }),
+  ]);
   const sagaId = await client.sagas.start('proc.order', { order: 2 });
   await a.waitFor((e) => e.event === 'started' && e.saga_id === sagaId);
   a.kill('SIGSTOP');
-  const b = await startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'normal', PROC_WORKER: 'worker-b', PROC_TIMEOUT: '1' });
+  b.kill('SIGUSR1');
   const done = await waitForSaga(client, sagaId, ['completed', 'compensated', 'failed'], 30_000);
   t.equal(done.status, 'completed');
   t.match(done.context, { charged_by: 'worker-b', charge_attempt: 2 });
@@ -246,4 +247,49 @@ t.test('in process: a compensation that always fails ends failed; retry after th
   const done = await waitForSaga(client, id, ['compensated', 'failed']);
   t.equal(done.status, 'compensated', 'retry after the fix compensates');
   t.equal(released, 1);
+});
+
+t.test('in process: every connection killed mid-run (pg_terminate_backend); the worker reconnects and all sagas complete once', async (t) => {
+  const db = await freshDatabase(t);
+  const url = db.connectionString;
+  await query(url, `CREATE TABLE public.effects (idempotency_key text PRIMARY KEY, attempt int NOT NULL)`);
+  const client = await newClient(t, url);
+  const workerClient = await newClient(t, url, 4);
+  let started = 0;
+  const saga = defineSaga({
+    type: 'w.killed',
+    input: z.object({ n: z.number() }),
+    steps: ['one', 'two'].map((name) => ({
+      name,
+      timeout: 2,
+      maxAttempts: 10,
+      backoff: { initial_ms: 20, max_ms: 200, jitter: 0 },
+      action: async (run: { idempotencyKey: string; attempt: number }) => {
+        started += 1;
+        await sleep(50);
+        await query(url, 'INSERT INTO public.effects VALUES ($1, $2) ON CONFLICT DO NOTHING', [run.idempotencyKey, run.attempt]);
+        return {};
+      },
+    })),
+  });
+  await saga.register(client);
+  const worker = stopAtTeardown(t, createSagaWorker({ client: workerClient, sagas: [saga], concurrency: 8, tickIntervalMs: 100, logger: recordingLogger() }));
+  const ids = await client.sagas.startMany(saga, Array.from({ length: 40 }, (_, n) => ({ input: { n } })));
+  await waitUntil('steps to be running', () => started >= 8);
+  for (let round = 0; round < 3; round += 1) {
+    const [killed] = await query<{ n: number }>(
+      url,
+      `SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`,
+    );
+    t.ok(killed!.n >= 1, `round ${round + 1}: killed ${killed!.n} connections`);
+    await sleep(150);
+  }
+  await waitUntil('all 40 sagas to complete', async () => {
+    const [row] = await query<{ n: number }>(url, `SELECT count(*)::int AS n FROM pgrelay.sagas WHERE status = 'completed'`);
+    return row!.n === 40;
+  }, 40_000);
+  const [effects] = await query<{ n: number }>(url, 'SELECT count(*)::int AS n FROM public.effects');
+  t.equal(effects!.n, 80, 'one effect per step (retried attempts deduplicated by the idempotency key)');
+  t.ok(worker.stats.errors > 0, `the worker saw the kills (${worker.stats.errors} errors) and carried on`);
+  t.equal(ids.length, 40);
 });

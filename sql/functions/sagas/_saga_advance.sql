@@ -52,6 +52,9 @@ BEGIN
                 v_run := pgrelay._saga_run_sql(v_saga, v_step, 'action');
                 IF v_run.ok THEN
                     PERFORM pgrelay._saga_step_succeeded(v_saga, v_step, v_run.output);
+                ELSIF v_run.contention THEN
+                    PERFORM pgrelay._saga_step_contended(v_saga, v_step, v_run.error);
+                    RETURN;
                 ELSE
                     PERFORM pgrelay._saga_step_failed(v_saga, v_step, v_run.error, true, false);
                 END IF;
@@ -94,6 +97,9 @@ BEGIN
                 v_run := pgrelay._saga_run_sql(v_saga, v_step, 'compensation');
                 IF v_run.ok THEN
                     PERFORM pgrelay._saga_step_succeeded(v_saga, v_step, v_run.output);
+                ELSIF v_run.contention THEN
+                    PERFORM pgrelay._saga_step_contended(v_saga, v_step, v_run.error);
+                    RETURN;
                 ELSE
                     PERFORM pgrelay._saga_step_failed(v_saga, v_step, v_run.error, true, false);
                 END IF;
@@ -149,6 +155,22 @@ BEGIN
          WHERE st.saga_id = p_saga.id AND st.step_index = p_step.step_index;
         PERFORM pgrelay._saga_event(p_saga, 'saga.step_compensated', jsonb_build_object('step', p_step.name, 'attempt', p_step.attempts));
     END IF;
+END;
+$$;
+
+-- pgrelay._saga_step_contended(saga, step, error): a SQL step lost a lock race (deadlock,
+-- serialization failure) with another transaction, for example another saga_tick holding a row of
+-- the same account. Not an attempt: it runs again shortly, in a later transaction, because this
+-- one may hold the very lock the other side waits for (running it again now would only repeat it).
+CREATE OR REPLACE FUNCTION pgrelay._saga_step_contended(p_saga pgrelay.sagas, p_step pgrelay.saga_steps, p_error text)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    UPDATE pgrelay.saga_steps st
+       SET attempts = st.attempts - 1, last_error = p_error,
+           next_attempt_at = clock_timestamp() + make_interval(secs => 0.02 + random() * 0.2)
+     WHERE st.saga_id = p_saga.id AND st.step_index = p_step.step_index;
 END;
 $$;
 

@@ -2,9 +2,13 @@
 -- steps and compensations whose backoff passed, worker leases that expired (timeouts), and
 -- passed deadlines. Needs no TypeScript worker alive. Returns how many sagas it advanced. The
 -- daemon calls it; without the daemon, schedule CALL pgrelay.saga_drive() (e.g. with pg_cron).
+-- A step that waits more than lock_timeout for a row another transaction holds (often another
+-- tick, whose locks last until it commits) gives up and runs again shortly (_saga_step_contended)
+-- instead of waiting, or waiting for deadlock detection.
 CREATE OR REPLACE FUNCTION pgrelay.saga_tick(max_sagas integer DEFAULT 100)
 RETURNS integer
 LANGUAGE plpgsql
+SET lock_timeout = '200ms'
 AS $$
 #variable_conflict use_column
 DECLARE
