@@ -6,7 +6,8 @@
 -- the log (pgrelay._read_pull: a walk window plus same-key predecessors pulled ahead of it). Log messages whose key has a pending retry are parked behind it
 -- instead of being handed out. The lease lasts the subscription's lease_seconds and carries a
 -- fencing token (lease_token): pass it to complete/extend_lease. A lease that expires is taken
--- over by the next fetch, and its batch is delivered again (at least once).
+-- over by the next fetch, and its batch is delivered again (at least once). Only partitions where
+-- pgrelay._fetch_may_find sees work are locked, so an empty fetch writes nothing.
 CREATE OR REPLACE FUNCTION pgrelay.fetch_batch(
     subscription    text,
     consumer        text,
@@ -49,6 +50,7 @@ BEGIN
         WHERE p.subscription = v_sub.name
           AND (fetch_batch.partition_index IS NULL OR p.partition_index = fetch_batch.partition_index)
           AND (p.lease_owner IS NULL OR p.lease_expires_at < clock_timestamp())
+          AND pgrelay._fetch_may_find(v_sub, p)
         ORDER BY p.last_fetch_at NULLS FIRST, p.partition_index
         FOR UPDATE SKIP LOCKED
     LOOP
