@@ -202,3 +202,28 @@ t.test('an empty fetch locks nothing and writes nothing; work, retries and expir
   const { rows: retry } = await c.query<{ position: string; attempt: number }>(`SELECT position, attempt FROM pgrelay.fetch_batch('wake', 'me')`);
   t.same(retry.map((r) => [r.position, r.attempt]), [[lease.position, 2]], 'a due retry is fetched (second attempt)');
 });
+
+t.test('the doorbell watermark covers a publisher that took its xid after the arming transaction did', async (t) => {
+  const { url } = await setup(t);
+  const relay = await connect(t, url, 'doorbell-relay');
+  const publisher = await connect(t, url, 'doorbell-publisher');
+  // The relay's arming transaction takes its xid first...
+  await relay.query('BEGIN');
+  await relay.query('SELECT pgrelay.doorbell_arm()');
+  const { rows: armXid } = await relay.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
+  // ...then a publisher takes a younger one and reads the doorbell before the arming commits: it
+  // sees it disarmed and will not ring.
+  await publisher.query('BEGIN');
+  await publisher.query(publishSql, [JSON.stringify({ n: 'unrung' })]);
+  const { rows: publisherXid } = await publisher.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
+  t.ok(BigInt(publisherXid[0]!.xid) > BigInt(armXid[0]!.xid), 'the publisher holds the younger xid');
+  await relay.query('COMMIT');
+  const { rows: w } = await relay.query<{ w: string }>('SELECT pgrelay.doorbell_watermark()::text AS w');
+  t.ok(BigInt(w[0]!.w) > BigInt(publisherXid[0]!.xid), 'the watermark is above the publisher that missed the arming');
+  const settled = async (): Promise<boolean> =>
+    (await relay.query<{ s: boolean }>('SELECT pgrelay.doorbell_settled($1::xid8) AS s', [w[0]!.w])).rows[0]!.s;
+  t.equal(await settled(), false, 'not settled while that publisher runs: the relay keeps polling instead of sleeping');
+  await publisher.query('COMMIT');
+  await waitFor(settled, 'the doorbell to settle once the publisher has ended');
+  t.pass('settled once the publisher ended');
+});
