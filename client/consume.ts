@@ -172,30 +172,46 @@ function extendLease(connection: CommonQueryMethods, first: Delivery) {
  */
 export function createIdleWait(connection: CommonQueryMethods, waker: Waker | undefined, idlePollMs: number) {
   let watermark: string | null = null;
+  let settled = false;
   let backoffMs = 1;
   return {
     reset() {
       watermark = null;
       backoffMs = 1;
     },
-    async wait(): Promise<void> {
+    /** since: the waker's generation read before the empty fetch (see Waker.wait). */
+    async wait(since?: number): Promise<void> {
       if (waker === undefined) {
         await sleep(idlePollMs);
         return;
       }
+      if (since !== undefined && since !== waker.generation) {
+        // A ring came while the fetch was in flight: fetch again at once. It disarmed the
+        // doorbell, so arm it again before sleeping.
+        watermark = null;
+        backoffMs = 1;
+        return;
+      }
       if (watermark === null) {
+        settled = false;
+        backoffMs = 1;
         await connection.query(sql.type(voidSchema)`SELECT pgrelay.doorbell_arm()`);
         watermark = await connection.oneFirst(sql.type(z.object({ w: z.string() }))`SELECT pgrelay.doorbell_watermark()::text AS w`);
         return; // fetch once more right after arming
       }
-      const settled = await connection.oneFirst(sql.type(z.object({ s: z.boolean() }))`
-        SELECT pgrelay.doorbell_settled(${watermark}::xid8) AS s`);
       if (!settled) {
-        await waker.wait(backoffMs);
+        settled = await connection.oneFirst(sql.type(z.object({ s: z.boolean() }))`
+          SELECT pgrelay.doorbell_settled(${watermark}::xid8) AS s`);
+        if (settled) {
+          // The last publisher that may have missed the arming ended after the fetch just made:
+          // fetch once more before sleeping, or its message waits for the safety poll.
+          return;
+        }
+        if ((await waker.wait(backoffMs, since)) === 'notified') watermark = null;
         backoffMs = Math.min(backoffMs * 2, idlePollMs);
         return;
       }
-      const result = await waker.wait(idlePollMs);
+      const result = await waker.wait(idlePollMs, since);
       if (result === 'notified') watermark = null; // the ring disarmed the doorbell: arm again next time
     },
   };
@@ -252,6 +268,7 @@ export function startConsumer(connection: CommonQueryMethods, subscription: stri
     let errorBackoffMs = 50;
     while (!stopping) {
       let deliveries: Delivery[];
+      const generation = options.waker?.generation;
       try {
         deliveries = await fetchBatch(connection, subscription, consumer, options.batchSize ?? null);
         errorBackoffMs = 50;
@@ -263,7 +280,7 @@ export function startConsumer(connection: CommonQueryMethods, subscription: stri
       }
       if (deliveries.length === 0) {
         try {
-          await idle.wait();
+          await idle.wait(generation);
         } catch (error) {
           report(error);
           await sleep(errorBackoffMs);

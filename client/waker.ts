@@ -12,7 +12,13 @@ const createSubscriber: CreateSubscriber =
  * counts as a wake-up), on wakeAll(), or after timeoutMs.
  */
 export type Waker = {
-  wait(timeoutMs: number): Promise<'notified' | 'timeout'>;
+  /**
+   * With `since` (a generation read earlier) it resolves at once when a wake-up came in since
+   * then: a ring that arrives while its loop is busy fetching is not lost.
+   */
+  wait(timeoutMs: number, since?: number): Promise<'notified' | 'timeout'>;
+  /** Counts wake-ups (notifications, reconnects, wakeAll); read it before a fetch, pass it to wait(). */
+  readonly generation: number;
   wakeAll(): void;
   readonly notifications: number;
   readonly reconnects: number;
@@ -29,7 +35,9 @@ export async function createWaker(connectionString: string, options: WakerOption
   const waiters = new Set<() => void>();
   let notifications = 0;
   let reconnects = 0;
+  let generation = 0;
   const wakeAll = (): void => {
+    generation += 1;
     for (const wake of [...waiters]) wake();
   };
   subscriber.notifications.on('pgrelay', () => {
@@ -45,8 +53,12 @@ export async function createWaker(connectionString: string, options: WakerOption
   await subscriber.connect();
   await subscriber.listenTo('pgrelay');
   return {
-    wait: (timeoutMs) =>
+    wait: (timeoutMs, since) =>
       new Promise((resolve) => {
+        if (since !== undefined && since !== generation) {
+          resolve('notified');
+          return;
+        }
         const done = (result: 'notified' | 'timeout'): void => {
           clearTimeout(timer);
           waiters.delete(wake);
@@ -57,6 +69,9 @@ export async function createWaker(connectionString: string, options: WakerOption
         waiters.add(wake);
       }),
     wakeAll,
+    get generation() {
+      return generation;
+    },
     get notifications() {
       return notifications;
     },

@@ -18,6 +18,14 @@ CREATE OR REPLACE FUNCTION pgrelay._read_pull(
 RETURNS TABLE (message pgrelay.message_record, walk boolean)
 LANGUAGE plpgsql
 STABLE
+-- The walk must be an index scan of the primary key in (xid, position) order that stops at the
+-- limit. Planned with the actual cursor (PL/pgSQL's first five calls on a connection, and after
+-- any replan) and stale statistics after a burst of publishes, the planner prefers a bitmap scan
+-- of everything after the cursor plus a sort: 150 ms instead of 2 ms per batch on a 100,000
+-- message backlog. Scans that need a sort or read the whole tail are switched off here.
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_sort = off
 AS $$
 DECLARE
     v_horizon    xid8 := pg_snapshot_xmin(pg_current_snapshot());

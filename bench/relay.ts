@@ -1,0 +1,219 @@
+// The relay suite: what publishing costs next to a plain INSERT, end-to-end delivery under 8
+// producers (in-process consumer and daemon → webhook) next to pg-boss and graphile-worker,
+// draining a backlog next to graphile-worker's batched worker, and latency when idle.
+// See bench/README.md `## relay` for what each number means and where the time goes.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { performance } from 'node:perf_hooks';
+import { percentile, perSecond, ratio, timed, type BenchContext, type BenchSuite } from './lib.js';
+import {
+  graphileWorker,
+  pgBoss,
+  pgClient,
+  pgrelayInProcess,
+  pgrelayWebhook,
+  PGRELAY_PUBLISH,
+  PLAIN_INSERT,
+  PLAIN_TABLE_DDL,
+  TOPIC,
+  type Payload,
+  type System,
+} from './relay-systems.js';
+
+const BODY = JSON.stringify({ order: 'o-123456', customer: 'c-42', total: 129.9, currency: 'EUR', items: [{ sku: 'A-1', qty: 2 }] });
+const payload = (producer: number, n: number): Payload => ({ sentAt: performance.now(), producer, n, body: BODY });
+
+type Latency = { p50: number; p99: number; max: number };
+const latency = (samples: number[]): Latency => {
+  const sorted = [...samples].sort((a, b) => a - b);
+  return { p50: percentile(sorted, 50), p99: percentile(sorted, 99), max: percentile(sorted, 100) };
+};
+
+/** Runs `clients` loops for durationMs, each calling op; returns completed ops per second. */
+async function closedLoop(clients: number, durationMs: number, op: (client: number, n: number) => Promise<void>): Promise<number> {
+  let done = 0;
+  const until = performance.now() + durationMs;
+  const { ms } = await timed(() =>
+    Promise.all(
+      Array.from({ length: clients }, async (_, c) => {
+        for (let n = 0; performance.now() < until; n++) {
+          await op(c, n);
+          done++;
+        }
+      }),
+    ),
+  );
+  return perSecond(done, ms);
+}
+
+/** Publish vs plain INSERT, same payload, same raw pg connections, alternating rounds. */
+async function publishThroughput(context: BenchContext, url: string): Promise<Record<string, unknown>> {
+  const durationMs = context.quick ? 1500 : 5000;
+  const rounds = context.quick ? 1 : 3;
+  const setup = await pgClient(url, 'bench-setup');
+  await setup.query(PLAIN_TABLE_DDL);
+  await setup.end();
+  const out: Record<string, unknown> = {};
+  for (const clients of [1, 8]) {
+    const connections = await Promise.all(Array.from({ length: clients }, (_, i) => pgClient(url, `bench-publish-${i}`)));
+    const data = JSON.stringify(payload(0, 0));
+    const plain: number[] = [];
+    const publish: number[] = [];
+    for (let round = 0; round < rounds; round++) {
+      plain.push(await closedLoop(clients, durationMs, (c, n) =>
+        connections[c]!.query({ ...PLAIN_INSERT, values: [TOPIC, `k-${c}-${n % 16}`, 'order.placed', data] }).then(() => {})));
+      publish.push(await closedLoop(clients, durationMs, (c, n) =>
+        connections[c]!.query({ ...PGRELAY_PUBLISH, values: [TOPIC, `k-${c}-${n % 16}`, 'order.placed', data] }).then(() => {})));
+    }
+    await Promise.all(connections.map((c) => c.end()));
+    const best = (xs: number[]): number => Math.max(...xs);
+    out[`clients_${clients}`] = {
+      plain_insert_per_s: best(plain),
+      publish_per_s: best(publish),
+      ratio_publish_to_insert: ratio(best(publish), best(plain)),
+      rounds: { plain, publish },
+    };
+    context.log(`publish, ${clients} client(s): ${best(publish)}/s vs plain INSERT ${best(plain)}/s → ${ratio(best(publish), best(plain))}×`);
+  }
+  return out;
+}
+
+/**
+ * 8 producers, one message per transaction, while the system delivers: messages/s from the first
+ * send to the last delivery, and send → handler latency.
+ */
+async function endToEnd(context: BenchContext, system: System, total: number): Promise<Record<string, unknown>> {
+  const producers = 8;
+  const samples: number[] = [];
+  let allDelivered: () => void = () => {};
+  const delivered = new Promise<void>((resolve) => (allDelivered = resolve));
+  await system.startConsumer((sentAt) => {
+    samples.push(performance.now() - sentAt);
+    if (samples.length === total) allDelivered();
+  });
+  const clients = await Promise.all(Array.from({ length: producers }, (_, i) => system.producer(i)));
+  const perProducer = Math.ceil(total / producers);
+  const start = performance.now();
+  await Promise.all(
+    clients.map(async (client, p) => {
+      for (let n = 0; n < perProducer && p * perProducer + n < total; n++) await client.send(payload(p, n));
+    }),
+  );
+  const published = performance.now();
+  const timeout = sleep(120_000).then(() => 'timeout' as const);
+  if ((await Promise.race([delivered.then(() => 'ok' as const), timeout])) === 'timeout') {
+    throw new Error(`${system.name}: ${samples.length} of ${total} delivered after 120 s`);
+  }
+  const end = performance.now();
+  await Promise.all(clients.map((c) => c.close()));
+  await system.stop();
+  const result = {
+    messages: total,
+    messages_per_s: perSecond(total, end - start),
+    publish_per_s: perSecond(total, published - start),
+    latency_ms: latency(samples),
+  };
+  context.log(`e2e ${system.name}: ${result.messages_per_s}/s (publishing ${result.publish_per_s}/s), latency p50 ${result.latency_ms.p50} ms p99 ${result.latency_ms.p99} ms`);
+  return result;
+}
+
+/** A backlog written before the consumer starts, then drained: messages/s. */
+async function drain(context: BenchContext, system: System, total: number): Promise<Record<string, unknown>> {
+  await system.fill!(total, (n) => payload(0, n));
+  let seen = 0;
+  let finished: () => void = () => {};
+  const all = new Promise<void>((resolve) => (finished = resolve));
+  const { ms } = await timed(async () => {
+    await system.startConsumer(() => {
+      seen++;
+      if (seen === total) finished();
+    });
+    await Promise.race([all, sleep(300_000).then(() => Promise.reject(new Error(`${system.name}: drained ${seen} of ${total} in 300 s`)))]);
+  });
+  await system.stop();
+  const result = { messages: total, ms: Math.round(ms), messages_per_s: perSecond(total, ms) };
+  context.log(`drain ${system.name}: ${total} in ${Math.round(ms)} ms → ${result.messages_per_s}/s`);
+  return result;
+}
+
+/** One message at a time, the system idle in between: send → handler latency. */
+async function idleLatency(context: BenchContext, system: System, count: number, gapMs: number): Promise<Record<string, unknown>> {
+  const samples: number[] = [];
+  let arrived: (() => void) | undefined;
+  await system.startConsumer((sentAt) => {
+    samples.push(performance.now() - sentAt);
+    arrived?.();
+  });
+  const producer = await system.producer(0);
+  await sleep(200);
+  for (let n = 0; n < count; n++) {
+    const got = new Promise<void>((resolve) => (arrived = resolve));
+    await producer.send(payload(0, n));
+    await Promise.race([got, sleep(10_000).then(() => Promise.reject(new Error(`${system.name}: message ${n} not delivered in 10 s`)))]);
+    await sleep(gapMs);
+  }
+  await producer.close();
+  await system.stop();
+  const result = { messages: count, idle_gap_ms: gapMs, latency_ms: latency(samples) };
+  context.log(`idle ${system.name}: p50 ${result.latency_ms.p50} ms, p99 ${result.latency_ms.p99} ms`);
+  return result;
+}
+
+const suite: BenchSuite = {
+  name: 'relay',
+  async run(context) {
+    const { server, quick } = context;
+    const e2eTotal = quick ? 2_000 : 10_000;
+    const backlog = quick ? 20_000 : 100_000;
+    const idleCount = quick ? 100 : 300;
+    const pgrelayOptions = { partitions: 4, batchSize: 500 };
+    const drainOptions = { partitions: 4, batchSize: 1000 };
+
+    // PGRELAY_BENCH_PARTS=publish,e2e,drain,idle runs only those parts (while working on one).
+    const parts = new Set((process.env.PGRELAY_BENCH_PARTS ?? 'publish,e2e,drain,idle').split(','));
+    const result: Record<string, unknown> = {};
+    const rate = (r: Record<string, unknown>): number => r.messages_per_s as number;
+
+    if (parts.has('publish')) result.publish = await publishThroughput(context, await server.database('bench_relay_publish'));
+
+    if (parts.has('e2e')) {
+      const e2e = {
+        pgrelay_consume: await endToEnd(context, await pgrelayInProcess(await server.database('bench_relay_e2e_consume'), pgrelayOptions), e2eTotal),
+        pgrelay_webhook: await endToEnd(context, await pgrelayWebhook(await server.database('bench_relay_e2e_webhook'), pgrelayOptions), e2eTotal),
+        pg_boss: await endToEnd(context, await pgBoss(await server.database('bench_relay_e2e_pgboss', { migrated: false }), { batchSize: 100, workers: 4 }), e2eTotal),
+        graphile_worker: await endToEnd(
+          context,
+          await graphileWorker(await server.database('bench_relay_e2e_graphile', { migrated: false }), { concurrency: 16, localQueue: 1 }),
+          e2eTotal,
+        ),
+      };
+      result.end_to_end = {
+        ...e2e,
+        ratio_consume_to_pg_boss: ratio(rate(e2e.pgrelay_consume), rate(e2e.pg_boss)),
+        ratio_webhook_to_pg_boss: ratio(rate(e2e.pgrelay_webhook), rate(e2e.pg_boss)),
+        ratio_consume_to_graphile_worker: ratio(rate(e2e.pgrelay_consume), rate(e2e.graphile_worker)),
+      };
+    }
+
+    if (parts.has('drain')) {
+      const drained = {
+        pgrelay_consume: await drain(context, await pgrelayInProcess(await server.database('bench_relay_drain'), drainOptions), backlog),
+        graphile_worker_local_queue: await drain(
+          context,
+          await graphileWorker(await server.database('bench_relay_drain_graphile', { migrated: false }), { concurrency: 16, localQueue: 500 }),
+          backlog,
+        ),
+      };
+      result.drain = { ...drained, ratio_to_graphile_worker_local_queue: ratio(rate(drained.pgrelay_consume), rate(drained.graphile_worker_local_queue)) };
+    }
+
+    if (parts.has('idle')) {
+      result.idle = {
+        pgrelay_consume: await idleLatency(context, await pgrelayInProcess(await server.database('bench_relay_idle'), { partitions: 1, batchSize: 100 }), idleCount, 20),
+        pg_boss: await idleLatency(context, await pgBoss(await server.database('bench_relay_idle_pgboss', { migrated: false }), { batchSize: 1, workers: 1 }), Math.min(idleCount, 100), 20),
+      };
+    }
+    return result;
+  },
+};
+
+export default suite;
