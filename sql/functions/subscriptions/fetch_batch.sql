@@ -8,6 +8,12 @@
 -- fencing token (lease_token): pass it to complete/extend_lease. A lease that expires is taken
 -- over by the next fetch, and its batch is delivered again (at least once). Only partitions where
 -- pgrelay._fetch_may_find sees work are locked, so an empty fetch writes nothing.
+--
+-- Fair share: every fetch marks the consumer alive (pgrelay._consumer_alive). While other
+-- consumers of the subscription are alive, a consumer takes a new lease only while it holds fewer
+-- than ceil(partitions / live consumers); over its share (a consumer just arrived) it fetches
+-- nothing, so the partitions its batches release on completion go to the others. A fetch naming
+-- partition_index is an explicit assignment and is not held to the share.
 CREATE OR REPLACE FUNCTION pgrelay.fetch_batch(
     subscription    text,
     consumer        text,
@@ -38,6 +44,7 @@ DECLARE
     v_retries  pgrelay.retries[];
     v_chains   text[];
     v_token    bigint;
+    v_live     integer;
 BEGIN
     v_sub := pgrelay._subscription(v_fn, fetch_batch.subscription);
     PERFORM pgrelay._check_name(v_fn, 'consumer', fetch_batch.consumer);
@@ -52,6 +59,14 @@ BEGIN
         RETURN;
     END IF;
     v_limit := coalesce(fetch_batch.max_messages, v_sub.batch_size);
+
+    v_live := pgrelay._consumer_alive(v_sub.name, fetch_batch.consumer, v_sub.lease_seconds);
+    IF v_live > 1 AND fetch_batch.partition_index IS NULL
+       AND (SELECT count(*) FROM pgrelay.subscription_partitions p
+             WHERE p.subscription = v_sub.name AND p.lease_owner = fetch_batch.consumer
+               AND p.lease_expires_at >= clock_timestamp()) >= ceil(v_sub.partitions::numeric / v_live) THEN
+        RETURN;
+    END IF;
 
     FOR v_part IN
         SELECT * FROM pgrelay.subscription_partitions p
