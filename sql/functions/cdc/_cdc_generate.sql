@@ -85,8 +85,10 @@ BEGIN
     WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped AND NOT (a.attname::text = ANY (v_exclude));
 
     IF cardinality(v_exclude) = 0 AND cardinality(v_mask) = 0 THEN
-        v_img_new := 'to_jsonb(n.*)';
-        v_img_old := 'to_jsonb(o.*)';
+        -- The row itself, not to_jsonb(row): jsonb_build_object converts it straight into the
+        -- message (the same JSON), without building and re-reading an intermediate jsonb.
+        v_img_new := 'n.*';
+        v_img_old := 'o.*';
     ELSE
         v_img_new := format('pgrelay._cdc_image(to_jsonb(n.*), %L, %L)', v_exclude, v_mask);
         v_img_old := format('pgrelay._cdc_image(to_jsonb(o.*), %L, %L)', v_exclude, v_mask);
