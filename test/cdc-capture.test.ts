@@ -320,3 +320,25 @@ t.test('client.cdc: enable, list, snapshot, disable, typed', async (t) => {
   await client.cdc.disable('public.accounts');
   t.same(await client.cdc.list(), [], 'disabled');
 });
+
+t.test('changed compares each column as its image shows it, whatever its type', async (t) => {
+  const db = await freshDatabase(t);
+  const c = await connect(t, db.connectionString);
+  // json has no '=', numeric 1.0 = 1.00 with the same JSON value, text compares bytewise even
+  // under a case-insensitive collation, arrays and timestamps by value.
+  await c.query(`CREATE COLLATION IF NOT EXISTS public.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)`);
+  await c.query(`CREATE TABLE public.kinds (id int PRIMARY KEY, doc json, amount numeric, label text COLLATE public.ci,
+                                            tags int[], at timestamptz, flag boolean, note varchar(20))`);
+  await c.query(`SELECT pgrelay.cdc_enable('public.kinds', '{"skip_unchanged": true}')`);
+  await c.query(`INSERT INTO public.kinds VALUES (1, '{"a": 1}', 1.0, 'abc', '{1,2}', '2026-01-01T00:00:00Z', true, NULL)`);
+  await c.query(`UPDATE public.kinds SET doc = '{"a": 2}', amount = 1.00 WHERE id = 1`);
+  await c.query(`UPDATE public.kinds SET label = 'ABC', tags = '{1,2}', at = '2026-01-01T01:00:00+01:00' WHERE id = 1`);
+  await c.query(`UPDATE public.kinds SET tags = '{2,1}', flag = NULL, note = 'n' WHERE id = 1`);
+  await c.query(`UPDATE public.kinds SET doc = '{"a": 2}', amount = 1, label = 'ABC' WHERE id = 1`);
+  const rows = await captured(db.connectionString, 'cdc.public.kinds');
+  t.same(
+    rows.map((r) => [r.type, r.data.changed]),
+    [['insert', null], ['update', ['doc']], ['update', ['label']], ['update', ['flag', 'note', 'tags']]],
+    'json compared by value, numeric scale and equal instants are no change, a case-only text change is one; the no-op UPDATE skipped',
+  );
+});

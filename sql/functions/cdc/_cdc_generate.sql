@@ -28,8 +28,7 @@ DECLARE
     v_join      text;
     v_img_new   text;
     v_img_old   text;
-    v_img_new_r text;
-    v_img_old_r text;
+    v_changed   text;
     v_insert    text;
     v_body      text;
     v_part      regclass;
@@ -63,17 +62,36 @@ BEGIN
     -- Key columns are NOT NULL (cdc_enable checks): '=' lets bulk updates hash-join, and a NULL
     -- first key column marks the missing side of the FULL JOIN.
     v_join := (SELECT string_agg(format('o.%s = n.%s', c, c), ' AND ') FROM unnest(v_cols) c);
+    -- changed: the names (sorted, as jsonb_each of the images used to be) of the captured columns
+    -- whose values differ, compared column by column: no image diffing. Types whose equality is
+    -- identity of the value (text compared bytewise) use IS DISTINCT FROM; any other type (numeric
+    -- 1.0 = 1.00, json without '=', citext, domains...) compares its JSON form, as the images do.
+    SELECT coalesce('array_remove(ARRAY[' || string_agg(
+               format('CASE WHEN %s IS DISTINCT FROM %s THEN %L END',
+                      CASE WHEN a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'bool'::regtype, 'uuid'::regtype,
+                                               'date'::regtype, 'timestamp'::regtype, 'timestamptz'::regtype, 'bytea'::regtype,
+                                               'oid'::regtype, 'jsonb'::regtype) THEN format('o.%I', a.attname)
+                           WHEN a.atttypid IN ('text'::regtype, 'varchar'::regtype) THEN format('o.%I COLLATE "C"', a.attname)
+                           ELSE format('to_jsonb(o.%I)', a.attname) END,
+                      CASE WHEN a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'bool'::regtype, 'uuid'::regtype,
+                                               'date'::regtype, 'timestamp'::regtype, 'timestamptz'::regtype, 'bytea'::regtype,
+                                               'oid'::regtype, 'jsonb'::regtype) THEN format('n.%I', a.attname)
+                           WHEN a.atttypid IN ('text'::regtype, 'varchar'::regtype) THEN format('n.%I COLLATE "C"', a.attname)
+                           ELSE format('to_jsonb(n.%I)', a.attname) END,
+                      a.attname),
+               ', ' ORDER BY a.attname::text) || '], NULL)', 'ARRAY[]::text[]')
+    INTO v_changed
+    FROM pg_attribute a
+    WHERE a.attrelid = p_relid AND a.attnum > 0 AND NOT a.attisdropped AND NOT (a.attname::text = ANY (v_exclude));
 
     IF cardinality(v_exclude) = 0 AND cardinality(v_mask) = 0 THEN
-        v_img_new := 'to_jsonb(n.*)';
-        v_img_old := 'to_jsonb(o.*)';
-        v_img_new_r := 'r.n_row';
-        v_img_old_r := 'r.o_row';
+        -- The row itself, not to_jsonb(row): jsonb_build_object converts it straight into the
+        -- message (the same JSON), without building and re-reading an intermediate jsonb.
+        v_img_new := 'n.*';
+        v_img_old := 'o.*';
     ELSE
         v_img_new := format('pgrelay._cdc_image(to_jsonb(n.*), %L, %L)', v_exclude, v_mask);
         v_img_old := format('pgrelay._cdc_image(to_jsonb(o.*), %L, %L)', v_exclude, v_mask);
-        v_img_new_r := format('pgrelay._cdc_image(r.n_row, %L, %L)', v_exclude, v_mask);
-        v_img_old_r := format('pgrelay._cdc_image(r.o_row, %L, %L)', v_exclude, v_mask);
     END IF;
     v_insert := 'INSERT INTO pgrelay.messages (position, xid, next_xid, id, topic, key, type, data, metadata) ';
 
@@ -95,7 +113,10 @@ BEGIN
         END IF;
     END IF;
     v_xid := pg_current_xact_id();
-    v_next_xid := pgrelay._next_xid();
+    -- pgrelay._next_xid() and the doorbell's armed check, inlined: a one-row statement pays
+    -- for every function call here.
+    v_next_xid := CASE WHEN current_setting('transaction_isolation') = 'read committed'
+                       THEN pg_snapshot_xmax(pg_current_snapshot()) END;
     v_meta := jsonb_build_object('xid', v_xid::text, 'user', current_user, 'application_name', current_setting('application_name'),
                                  'schema', %3$L, 'table', %4$L, 'captured_at', now());
     IF TG_OP = 'INSERT' THEN
@@ -104,26 +125,20 @@ BEGIN
                %7$s, 'insert', jsonb_build_object('before', NULL, 'after', %8$s, 'changed', NULL), v_meta
         FROM pgrelay_new AS n;
     ELSIF TG_OP = 'UPDATE' THEN
-        -- Each side's to_jsonb(row) is computed once (OFFSET 0 keeps the subquery from being
-        -- flattened, which would compute it again for every use).
+        -- changed compares the captured columns one by one (generated list, see _cdc_generate).
         %5$s
         SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, gen_random_uuid(), %6$L,
                coalesce(r.n_key, r.o_key),
                CASE WHEN r.o_key IS NULL THEN 'insert' WHEN r.n_key IS NULL THEN 'delete' ELSE 'update' END,
-               jsonb_build_object('before', %16$s, 'after', %17$s, 'changed', c.changed), v_meta
+               jsonb_build_object('before', r.o_img, 'after', r.n_img, 'changed', to_jsonb(r.changed)), v_meta
         FROM (SELECT CASE WHEN o.%9$s IS NOT NULL THEN %10$s END AS o_key,
                      CASE WHEN n.%9$s IS NOT NULL THEN %7$s END AS n_key,
-                     CASE WHEN o.%9$s IS NOT NULL THEN to_jsonb(o.*) END AS o_row,
-                     CASE WHEN n.%9$s IS NOT NULL THEN to_jsonb(n.*) END AS n_row
+                     CASE WHEN o.%9$s IS NOT NULL THEN %11$s END AS o_img,
+                     CASE WHEN n.%9$s IS NOT NULL THEN %8$s END AS n_img,
+                     CASE WHEN o.%9$s IS NOT NULL AND n.%9$s IS NOT NULL THEN %13$s END AS changed
               FROM pgrelay_old AS o FULL JOIN pgrelay_new AS n ON %12$s
-              OFFSET 0) AS r
-        CROSS JOIN LATERAL (
-            SELECT CASE WHEN r.o_key IS NOT NULL AND r.n_key IS NOT NULL THEN
-                       (SELECT coalesce(jsonb_agg(e.key ORDER BY e.key), '[]') FROM jsonb_each(r.n_row) AS e
-                        WHERE r.o_row -> e.key IS DISTINCT FROM e.value AND e.key <> ALL (%13$L::text[]))
-                   END AS changed
-        ) AS c
-        WHERE NOT %14$L OR c.changed IS NULL OR c.changed <> '[]';
+              %14$s) AS r
+        %16$s;
     ELSIF TG_OP = 'DELETE' THEN
         %5$s
         SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, gen_random_uuid(), %6$L,
@@ -137,15 +152,18 @@ BEGIN
         VALUES (nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, gen_random_uuid(), %6$L,
                 NULL, 'truncate', jsonb_build_object('before', NULL, 'after', NULL, 'changed', NULL), v_meta);
     END IF;
-    PERFORM pgrelay._ring_doorbell(%6$L);
+    IF (SELECT d.armed FROM pgrelay.doorbell d) THEN
+        PERFORM pgrelay._ring_doorbell(%6$L);
+    END IF;
     RETURN NULL;
 END;
 $f$, v_fn, p_relid, v_schema, v_table, v_insert, v_cfg.topic, v_key_new, v_img_new, v_cols[1], v_key_old,
-       v_img_old, v_join, v_exclude, v_cfg.skip_unchanged,
+       v_img_old, v_join, v_changed,
+       CASE WHEN v_cfg.skip_unchanged THEN 'OFFSET 0' ELSE '' END,
        format($q$%s SELECT nextval('pgrelay.message_position_seq'), $1, $2, gen_random_uuid(), %L, %s, 'delete',
                   jsonb_build_object('before', %s, 'after', NULL, 'changed', NULL), $3 FROM $q$,
               v_insert, v_cfg.topic, v_key_old, v_img_old),
-       v_img_old_r, v_img_new_r);
+       CASE WHEN v_cfg.skip_unchanged THEN 'WHERE r.changed IS NULL OR cardinality(r.changed) > 0' ELSE '' END);
     -- jit = off: a bulk statement's estimates (transition tables have no statistics) made JIT
     -- compile for longer than the capture itself took.
     EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SET jit = off AS %L', v_fn, v_body);
