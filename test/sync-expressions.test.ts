@@ -65,6 +65,7 @@ t.test('bad and injection-shaped expressions: PR001 naming the column, nothing d
     ['expr with another field', { full_name: { expr: `img ->> 'a'`, function: 'public.touch' } }, 'full_name'],
     ['a second statement', { full_name: { expr: `1); DROP TABLE public.victim; --` } }, 'full_name'],
     ['a second statement, rebalanced', { full_name: { expr: `'x'); DROP TABLE public.victim; SELECT ('x'` } }, 'full_name'],
+    ['a second statement, parentheses balanced', { full_name: { expr: `'x'))::text; DROP TABLE public.victim; SELECT (('x'` } }, 'full_name'],
     ['a second column', { full_name: { expr: `'x')::text)::text, ((public.touch()` } }, 'full_name'],
     ['a comment swallowing the rest', { full_name: { expr: `'x' /* ` } }, 'full_name'],
     ['an open string', { full_name: { expr: `'x` } }, 'full_name'],
