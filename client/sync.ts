@@ -5,7 +5,9 @@ import { mapErrors } from './errors.js';
 export type SyncTarget = {
   table: string;
   key_columns: string[];
-  columns?: Record<string, string | { function: string }>;
+  /** Target column -> source field, a function (row jsonb), or a SQL expression over img (the source
+   *  row jsonb; trusted admin input, evaluated in the target database). */
+  columns?: Record<string, string | { function: string } | { expr: string }>;
   delete?: 'delete' | 'ignore' | { soft: string };
   /** Cross-database target: the environment variable holding its URL (the daemon applies it). */
   database_env?: string;

@@ -1,6 +1,9 @@
 -- pgrelay._sync_check_target(fn, target, local): validate a sync target description. With local
 -- (the target table is in this database) the table, its key and mapped columns are checked too;
--- the key columns need a unique index (upserts use ON CONFLICT on them).
+-- the key columns need a unique index (upserts use ON CONFLICT on them), and a column computed by
+-- a SQL expression ({"expr": "..."}) must parse as one value of that column's type: a bad one is
+-- PR001 naming the column before anything is written. A cross-database target is checked this way
+-- in the target, by pgrelay.sync_apply, before its first write.
 CREATE OR REPLACE FUNCTION pgrelay._sync_check_target(p_function text, p_target jsonb, p_local boolean)
 RETURNS regclass
 LANGUAGE plpgsql
@@ -29,17 +32,25 @@ BEGIN
     END IF;
     IF p_target ? 'columns' THEN
         IF jsonb_typeof(p_target -> 'columns') <> 'object' THEN
-            PERFORM pgrelay._raise('PR001', p_function, 'target', '"columns" must be an object {"target_column": "source_field" | {"function": "schema.fn"}}');
+            PERFORM pgrelay._raise('PR001', p_function, 'target', '"columns" must be an object {"target_column": "source_field" | {"function": "schema.fn"} | {"expr": "SQL over img"}}');
         END IF;
         FOR v_key, v_value IN SELECT * FROM jsonb_each(p_target -> 'columns') LOOP
             IF jsonb_typeof(v_value) = 'string' THEN
+                CONTINUE;
+            END IF;
+            IF jsonb_typeof(v_value) = 'object' AND v_value ? 'expr' THEN
+                IF jsonb_typeof(v_value -> 'expr') IS DISTINCT FROM 'string' OR btrim(v_value ->> 'expr') = ''
+                   OR (SELECT count(*) FROM jsonb_object_keys(v_value)) <> 1 THEN
+                    PERFORM pgrelay._raise('PR001', p_function, 'target',
+                        format('"columns".%s must be {"expr": "a SQL expression over img (the source row jsonb)"} and nothing else', v_key));
+                END IF;
                 CONTINUE;
             END IF;
             IF jsonb_typeof(v_value) <> 'object' OR jsonb_typeof(v_value -> 'function') IS DISTINCT FROM 'string'
                OR (v_value ->> 'function') !~ '^("?[A-Za-z_][A-Za-z0-9_$]*"?\.)?"?[A-Za-z_][A-Za-z0-9_$]*"?$'
                OR to_regprocedure((v_value ->> 'function') || '(jsonb)') IS NULL THEN
                 PERFORM pgrelay._raise('PR001', p_function, 'target',
-                    format('"columns".%s must be a source field name or {"function": "schema.fn"} naming a function (row jsonb)', v_key));
+                    format('"columns".%s must be a source field name, {"function": "schema.fn"} naming a function (row jsonb), or {"expr": "..."}', v_key));
             END IF;
         END LOOP;
     END IF;
@@ -67,6 +78,15 @@ BEGIN
     IF FOUND THEN
         PERFORM pgrelay._raise('PR001', p_function, 'target', format('names a column %L that %s does not have', v_bad, v_tbl));
     END IF;
+    FOR v_key, v_value IN SELECT * FROM jsonb_each(p_target -> 'columns') e WHERE jsonb_typeof(e.value) = 'object' AND e.value ? 'expr' LOOP
+        BEGIN
+            PERFORM count(*) FROM pgrelay._sync_check_expression(v_value ->> 'expr',
+                (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = v_tbl AND a.attname = v_key));
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM pgrelay._raise('PR001', p_function, 'target',
+                format('"columns".%s: the expression is not one value of the column''s type: %s', v_key, SQLERRM));
+        END;
+    END LOOP;
     IF NOT EXISTS (
         SELECT 1 FROM pg_index i
         WHERE i.indrelid = v_tbl AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL

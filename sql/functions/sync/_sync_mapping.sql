@@ -1,6 +1,8 @@
 -- pgrelay._sync_mapping(target, tbl): how a sync turns a source row image (img) into a target
 -- row: the target columns it writes and a SQL expression over img building them as jsonb.
--- Function names are rendered through regproc and columns through %I/%L, never pasted.
+-- Function names are rendered through regproc and columns through %I/%L, never pasted; an
+-- expression column ({"expr"}) is trusted admin input, pasted on lines of its own and cast to the
+-- column's type, after pgrelay._sync_check_target parsed it as exactly one value.
 CREATE OR REPLACE FUNCTION pgrelay._sync_mapping(p_target jsonb, p_tbl regclass, OUT columns text[], OUT expression text)
 LANGUAGE plpgsql
 STABLE
@@ -15,6 +17,8 @@ BEGIN
             SELECT string_agg(format('%L, %s', c,
                        CASE WHEN p_target -> 'columns' -> c IS NULL THEN format('img -> %L', c)
                             WHEN jsonb_typeof(p_target -> 'columns' -> c) = 'string' THEN format('img -> %L', p_target -> 'columns' ->> c)
+                            WHEN p_target -> 'columns' -> c ? 'expr' THEN format(E'to_jsonb((\n%s\n)::%s)', p_target -> 'columns' -> c ->> 'expr',
+                                (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = p_tbl AND a.attname = c))
                             ELSE format('to_jsonb(%s(img))', to_regprocedure((p_target -> 'columns' -> c ->> 'function') || '(jsonb)')::oid::regproc) END), ', ')
             FROM unnest(columns) AS c) || ')';
     ELSE

@@ -109,7 +109,9 @@ BEGIN
     v_set := coalesce((SELECT string_agg(format('%1$I = excluded.%1$I', c), ', ') FROM unnest(v_cols) c WHERE NOT c = ANY (v_keys)), '');
 
     -- A TRUNCATE in the batch: everything before it is gone; the target is emptied.
-    SELECT max((m ->> 'position')::bigint) INTO v_truncate FROM jsonb_array_elements(sync_apply.messages) m WHERE m ->> 'type' = 'truncate';
+    SELECT max((m ->> 'position')::bigint) FILTER (WHERE m ->> 'type' = 'truncate'), max((m ->> 'created_at')::timestamptz)
+      INTO v_truncate, v_latest
+    FROM jsonb_array_elements(sync_apply.messages) m;
     IF v_truncate IS NOT NULL AND sync_apply.source_format = 'cdc' THEN
         IF v_delete = '"delete"' THEN
             EXECUTE format('DELETE FROM %s', v_tbl);
@@ -161,10 +163,17 @@ BEGIN
         PERFORM pgrelay._raise('PR001', v_fn, 'messages', v_bad);
     END IF;
 
-    -- Stale: the row already reflects a newer position.
-    DELETE FROM pgrelay_sync_batch b
-    USING pgrelay.sync_row_versions v
-    WHERE v.name = sync_apply.name AND v.row_key = b.row_key AND v.position >= b.pos;
+    -- One pass over the row versions, one index probe per key of the batch (already collapsed to
+    -- its last change per key): a key is recorded at the batch's position unless the row already
+    -- reflects a newer one; the keys not recorded are stale and leave the batch unapplied.
+    WITH fresh AS (
+        INSERT INTO pgrelay.sync_row_versions AS v (name, row_key, position, deleted)
+        SELECT sync_apply.name, b.row_key, b.pos, b.is_delete FROM pgrelay_sync_batch b
+        ON CONFLICT ON CONSTRAINT sync_row_versions_pkey DO UPDATE SET position = excluded.position, deleted = excluded.deleted
+        WHERE v.position < excluded.position
+        RETURNING v.row_key
+    )
+    DELETE FROM pgrelay_sync_batch b WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.row_key = b.row_key);
     GET DIAGNOSTICS v_stale = ROW_COUNT;
 
     EXECUTE format($q$
@@ -186,12 +195,8 @@ BEGIN
                        v_tbl, v_soft, v_soft_val, v_tbl, v_join);
     END IF;
 
-    INSERT INTO pgrelay.sync_row_versions AS v (name, row_key, position, deleted)
-    SELECT sync_apply.name, b.row_key, b.pos, b.is_delete FROM pgrelay_sync_batch b
-    ON CONFLICT ON CONSTRAINT sync_row_versions_pkey DO UPDATE SET position = excluded.position, deleted = excluded.deleted;
     SELECT count(*) INTO v_applied FROM pgrelay_sync_batch;
 
-    SELECT max((m ->> 'created_at')::timestamptz) INTO v_latest FROM jsonb_array_elements(sync_apply.messages) m;
     UPDATE pgrelay.sync_checkpoints c
        SET cursor_xid = sync_apply.to_xid, cursor_position = sync_apply.to_position,
            applied = c.applied + v_applied, skipped_stale = c.skipped_stale + v_stale,

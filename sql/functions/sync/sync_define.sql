@@ -1,6 +1,6 @@
 -- pgrelay.sync_define(name, topics, target, options): declare a sync in the source database.
 -- target: {"table": "schema.table", "key_columns": [...], "columns"?: {"target_col": "source_field" |
---          {"function": "schema.fn"}}, "delete"?: "delete" | "ignore" | {"soft": "column"},
+--          {"function": "schema.fn"} | {"expr": "SQL over img"}}, "delete"?: "delete" | "ignore" | {"soft": "column"},
 --          "database_env"?: "ENV_VAR_WITH_TARGET_URL"} (no database_env: the same database)
 -- options: {"source_format"?: "cdc" (default; data is {before, after}) | "event" (data is the row),
 --           "delete_types"?: [...] (event format: message types that delete), "source_table"?:
