@@ -19,6 +19,9 @@ import {
   type System,
 } from './relay-systems.js';
 
+/** A timer for Promise.race that does not keep the process alive once the race is won. */
+const deadline = (ms: number): Promise<void> => sleep(ms, undefined, { ref: false });
+
 const BODY = JSON.stringify({ order: 'o-123456', customer: 'c-42', total: 129.9, currency: 'EUR', items: [{ sku: 'A-1', qty: 2 }] });
 const payload = (producer: number, n: number): Payload => ({ sentAt: performance.now(), producer, n, body: BODY });
 
@@ -99,7 +102,7 @@ async function endToEnd(context: BenchContext, system: System, total: number): P
     }),
   );
   const published = performance.now();
-  const timeout = sleep(120_000).then(() => 'timeout' as const);
+  const timeout = deadline(120_000).then(() => 'timeout' as const);
   if ((await Promise.race([delivered.then(() => 'ok' as const), timeout])) === 'timeout') {
     throw new Error(`${system.name}: ${samples.length} of ${total} delivered after 120 s`);
   }
@@ -127,7 +130,7 @@ async function drain(context: BenchContext, system: System, total: number): Prom
       seen++;
       if (seen === total) finished();
     });
-    await Promise.race([all, sleep(300_000).then(() => Promise.reject(new Error(`${system.name}: drained ${seen} of ${total} in 300 s`)))]);
+    await Promise.race([all, deadline(300_000).then(() => Promise.reject(new Error(`${system.name}: drained ${seen} of ${total} in 300 s`)))]);
   });
   await system.stop();
   const result = { messages: total, ms: Math.round(ms), messages_per_s: perSecond(total, ms) };
@@ -148,7 +151,7 @@ async function idleLatency(context: BenchContext, system: System, count: number,
   for (let n = 0; n < count; n++) {
     const got = new Promise<void>((resolve) => (arrived = resolve));
     await producer.send(payload(0, n));
-    await Promise.race([got, sleep(10_000).then(() => Promise.reject(new Error(`${system.name}: message ${n} not delivered in 10 s`)))]);
+    await Promise.race([got, deadline(10_000).then(() => Promise.reject(new Error(`${system.name}: message ${n} not delivered in 10 s`)))]);
     await sleep(gapMs);
   }
   await producer.close();
