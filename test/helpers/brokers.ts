@@ -7,6 +7,8 @@ import { connect as tcpConnect, createServer, type Server, type Socket } from 'n
 import tap, { type Test } from 'tap';
 import { createRelayService } from '../../daemon/service.ts';
 import { defaultSinks } from '../../daemon/sinks.ts';
+import { startDaemonProcess, type DaemonProcess } from './daemon-process.ts';
+import { query } from './sql.ts';
 
 export const NATS_URL = process.env.PGRELAY_TEST_NATS_URL ?? 'nats://127.0.0.1:4222';
 export const AMQP_URL = process.env.PGRELAY_TEST_AMQP_URL ?? 'amqp://127.0.0.1:5672';
@@ -188,3 +190,50 @@ export async function startRelay(t: Test, connectionString: string, subscription
   t.teardown(stop);
   return { logs, stop };
 }
+
+/** Subscribes `name` to topic "orders" with `sink`, from the earliest message, retrying fast. */
+export async function subscribe(connectionString: string, name: string, sink: object, options: object = {}): Promise<void> {
+  await query(connectionString, `SELECT pgrelay.subscribe($1, ARRAY['orders'], $2::jsonb, $3::jsonb)`, [
+    name,
+    JSON.stringify(sink),
+    JSON.stringify({ start: 'earliest', max_attempts: 1000, backoff: { initial_ms: 50, max_ms: 500 }, ...options }),
+  ]);
+}
+
+/** Publishes `count` messages over `keys` keys in one transaction; returns their ids in log order. */
+export async function publish(connectionString: string, count: number, keys: number, from = 1): Promise<Array<{ id: string; key: string; seq: number }>> {
+  return query<{ id: string; key: string; seq: number }>(
+    connectionString,
+    `SELECT pgrelay.publish('orders', 'k' || (i % $2), 'order.created', jsonb_build_object('seq', i)) AS id,
+            'k' || (i % $2) AS key, i AS seq
+     FROM generate_series($3::int, $3::int + $1::int - 1) AS i ORDER BY i`,
+    [count, keys, from],
+  );
+}
+
+export type Lag = { pending: number; retrying: number; dead: number; delivered: number };
+export async function lag(connectionString: string, subscription: string): Promise<Lag> {
+  const [row] = await query<Lag>(
+    connectionString,
+    `SELECT sum(pending)::int AS pending, sum(retrying)::int AS retrying, sum(dead)::int AS dead, sum(delivered)::int AS delivered
+     FROM pgrelay.subscription_lag($1)`,
+    [subscription],
+  );
+  return row!;
+}
+
+/** Waits until nothing of `subscription` is pending or retrying. */
+export const settled = (connectionString: string, subscription: string, timeoutMs = 40_000): Promise<true> =>
+  waitFor(`every message of ${subscription} acknowledged`, async () => {
+    const l = await lag(connectionString, subscription);
+    return l.pending === 0 && l.retrying === 0 ? true : undefined;
+  }, timeoutMs, 100);
+
+/** The daemon process serving only `subscription` (comma-separated names), SIGKILLed when the test ends. */
+export async function daemon(t: Test, connectionString: string, subscription: string, env: Record<string, string> = {}): Promise<DaemonProcess> {
+  const process = await startDaemonProcess({ connectionString, args: ['--port', 'off', '--only', subscription], env });
+  t.teardown(() => process.kill('SIGKILL'));
+  return process;
+}
+
+export const increasing = (list: readonly number[]): boolean => list.every((value, i) => i === 0 || value > list[i - 1]!);
