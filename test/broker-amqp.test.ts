@@ -8,7 +8,8 @@
 import t, { type Test } from 'tap';
 import amqp, { type Channel, type ConsumeMessage } from 'amqplib';
 import { freshDatabase, query } from './helpers/db.ts';
-import { startRelay, AMQP_PASS, AMQP_URL, AMQP_USER, amqpTarget, brokerSkip, daemon, increasing, lag, publish, settled, startTcpProxy, subscribe, uniqueName, waitFor } from './helpers/brokers.ts';
+import { startRelay, AMQP_PASS, AMQP_URL, AMQP_USER, amqpTarget, brokerSkip, daemon, increasing, lag, publish, settled, subscribe, uniqueName, waitFor } from './helpers/brokers.ts';
+import { startTcpProxy } from './helpers/tcp-proxy.ts';
 
 const skip = await brokerSkip('RabbitMQ', AMQP_URL, 5672);
 
@@ -111,7 +112,7 @@ t.test('SIGKILL mid-batch, one at a time and with batch_publish: every message a
   const modes = [];
   for (const batchPublish of [false, true]) {
     const received = await testQueue(t);
-    const proxy = await startTcpProxy(target.host, target.port);
+    const proxy = await startTcpProxy(t, target.host, target.port);
     const name = batchPublish ? 'rabbit-kill-batch' : 'rabbit-kill';
     await subscribe(
       db.connectionString,
@@ -167,7 +168,7 @@ t.test('a broker that goes away: messages wait, fail and retry, then arrive once
   const db = await freshDatabase(t);
   const received = await testQueue(t);
   const target = amqpTarget();
-  const proxy = await startTcpProxy(target.host, target.port);
+  const proxy = await startTcpProxy(t, target.host, target.port);
   await subscribe(db.connectionString, 'rabbit-outage', {
     type: 'amqp',
     url: `amqp://127.0.0.1:${proxy.port}`,

@@ -10,7 +10,8 @@ import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jet
 import { freshDatabase, query } from './helpers/db.ts';
 import { createNatsSink } from '../daemon/nats-sink.ts';
 import type { Delivery, Subscription } from '../client/index.ts';
-import { startRelay, brokerSkip, daemon, increasing, lag, natsTarget, NATS_URL, publish, settled, startTcpProxy, subscribe, uniqueName, waitFor } from './helpers/brokers.ts';
+import { startRelay, brokerSkip, daemon, increasing, lag, natsTarget, NATS_URL, publish, settled, subscribe, uniqueName, waitFor } from './helpers/brokers.ts';
+import { startTcpProxy } from './helpers/tcp-proxy.ts';
 
 const skip = await brokerSkip('NATS', NATS_URL, 4222);
 
@@ -132,7 +133,7 @@ t.test('SIGKILL mid-batch, one at a time and with batch_publish: every message i
   const modes = [];
   for (const batchPublish of [false, true]) {
     const stream = await testStream(t);
-    const proxy = await startTcpProxy(target.host, target.port);
+    const proxy = await startTcpProxy(t, target.host, target.port);
     const name = batchPublish ? 'nats-kill-batch' : 'nats-kill';
     await subscribe(
       db.connectionString,
@@ -183,7 +184,7 @@ t.test('a broker that goes away: messages wait, fail and retry, then arrive once
   const db = await freshDatabase(t);
   const stream = await testStream(t);
   const target = natsTarget();
-  const proxy = await startTcpProxy(target.host, target.port);
+  const proxy = await startTcpProxy(t, target.host, target.port);
   await subscribe(db.connectionString, 'nats-outage', {
     type: 'nats',
     servers: `nats://127.0.0.1:${proxy.port}`,

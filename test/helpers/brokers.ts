@@ -1,9 +1,9 @@
-// Broker availability for the NATS and RabbitMQ tests, and a TCP proxy a test can close and
-// reopen to play a broker that goes down and comes back.
+// Broker availability for the NATS and RabbitMQ tests, and what both broker test files share:
+// subscribing, publishing, waiting for the lag to settle, the daemon process or in-process relay.
 //
 // A broker that does not answer makes its tests skip with a clear message, unless
 // PGRELAY_REQUIRE_BROKERS=1 (CI), where a missing broker is a failure.
-import { connect as tcpConnect, createServer, type Server, type Socket } from 'node:net';
+import { connect as tcpConnect } from 'node:net';
 import tap, { type Test } from 'tap';
 import { createRelayService } from '../../daemon/service.ts';
 import { defaultSinks } from '../../daemon/sinks.ts';
@@ -53,94 +53,6 @@ export async function brokerSkip(name: 'NATS' | 'RabbitMQ', url: string, default
   }
   tap.comment(reason);
   return reason;
-}
-
-export type TcpProxy = {
-  readonly port: number;
-  /** Stops listening and cuts every open connection: the broker looks down. */
-  close(): Promise<void>;
-  /** Listens again on the same port. */
-  open(): Promise<void>;
-  /** Connections accepted so far. */
-  readonly accepted: number;
-  /**
-   * Once the client has sent `pattern` `times` times (counted per chunk), the broker's replies
-   * stop reaching the client (they are dropped) while the client's data still reaches the broker:
-   * publishes land, their acks never arrive. Resolves when the hold starts.
-   */
-  holdRepliesAfter(pattern: string, times: number): Promise<void>;
-};
-
-/** A TCP proxy on a free local port forwarding to host:port. */
-export async function startTcpProxy(host: string, port: number): Promise<TcpProxy> {
-  const sockets = new Set<Socket>();
-  let accepted = 0;
-  let server: Server | undefined;
-  let listenPort = 0;
-  let hold: { pattern: string; remaining: number; held: boolean; started: () => void } | undefined;
-  const listen = (): Promise<void> =>
-    new Promise((resolve, reject) => {
-      const s = createServer((client) => {
-        accepted += 1;
-        const upstream = tcpConnect({ host, port });
-        sockets.add(client);
-        sockets.add(upstream);
-        const cut = (): void => {
-          client.destroy();
-          upstream.destroy();
-          sockets.delete(client);
-          sockets.delete(upstream);
-        };
-        client.on('error', cut).on('close', cut);
-        upstream.on('error', cut).on('close', cut);
-        client.on('data', (chunk: Buffer) => {
-          if (hold !== undefined && !hold.held) {
-            const text = chunk.toString('latin1');
-            for (let at = text.indexOf(hold.pattern); at >= 0 && hold.remaining > 0; at = text.indexOf(hold.pattern, at + 1)) hold.remaining -= 1;
-            if (hold.remaining <= 0) {
-              hold.held = true;
-              hold.started();
-            }
-          }
-          upstream.write(chunk);
-        });
-        upstream.on('data', (chunk: Buffer) => {
-          if (hold?.held !== true) client.write(chunk);
-        });
-      });
-      s.once('error', reject);
-      s.listen(listenPort, '127.0.0.1', () => {
-        listenPort = (s.address() as { port: number }).port;
-        server = s;
-        resolve();
-      });
-    });
-  await listen();
-  const proxy: TcpProxy = {
-    get port() {
-      return listenPort;
-    },
-    get accepted() {
-      return accepted;
-    },
-    close: async () => {
-      const s = server;
-      server = undefined;
-      for (const socket of sockets) socket.destroy();
-      sockets.clear();
-      if (s !== undefined) await new Promise<void>((resolve) => s.close(() => resolve()));
-    },
-    open: async () => {
-      hold = undefined;
-      if (server === undefined) await listen();
-    },
-    holdRepliesAfter: (pattern, times) =>
-      new Promise<void>((resolve) => {
-        hold = { pattern, remaining: times, held: false, started: resolve };
-      }),
-  };
-  tap.teardown(() => proxy.close());
-  return proxy;
 }
 
 /** Polls `check` until it returns a value that is not undefined, or throws after timeoutMs. */
