@@ -3,6 +3,7 @@
 import type { Test } from 'tap';
 import pg from 'pg';
 import { createClient, type PgrelayClient } from '../../client/index.ts';
+import { connect as connectClient } from './sql.ts';
 
 export type PgError = Error & { code?: string; column?: string };
 
@@ -23,14 +24,7 @@ export type Delivery = {
 export type Batch = { partition: number; token: string; deliveries: Delivery[] };
 
 /** A connection of its own, closed when t ends. */
-export async function connect(t: Test, connectionString: string, name = 'subscriptions-test'): Promise<pg.Client> {
-  const client = new pg.Client({ connectionString, application_name: name, connectionTimeoutMillis: 15_000 });
-  client.on('error', () => {});
-  await client.connect();
-  await client.query(`SET statement_timeout = '30s'`);
-  t.teardown(() => client.end().catch(() => {}));
-  return client;
-}
+export const connect = (t: Test, connectionString: string, name = 'subscriptions-test'): Promise<pg.Client> => connectClient(t, connectionString, name);
 
 /** Publishes one message (in the client's current transaction, if any) and returns its position. */
 export async function publish(client: pg.Client, topic: string, key: string | null, data: unknown = {}): Promise<string> {
