@@ -4,8 +4,9 @@ import type { Test } from 'tap';
 import pg from 'pg';
 import { createClient, type PgrelayClient } from '../../client/index.ts';
 import { connect as connectClient } from './sql.ts';
+import { failure, type PgError } from './errors.ts';
 
-export type PgError = Error & { code?: string; column?: string };
+export { failure, type PgError };
 
 export type Delivery = {
   subscription: string;
@@ -97,15 +98,6 @@ export async function drain(client: pg.Client, subscription: string, consumer = 
     await completeBatch(client, subscription, batch, batch.deliveries.map((d) => d.position));
   }
   throw new Error(`drain(${subscription}): still delivering after 1000 batches`);
-}
-
-export async function failure(run: () => Promise<unknown>): Promise<PgError | undefined> {
-  try {
-    await run();
-  } catch (error) {
-    return error as PgError;
-  }
-  return undefined;
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));

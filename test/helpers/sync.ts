@@ -5,8 +5,9 @@ import { spawn } from 'node:child_process';
 import pg from 'pg';
 import { query } from './db.ts';
 import { connect as connectClient } from './sql.ts';
+import { failure, type PgError } from './errors.ts';
 
-export type PgError = Error & { code?: string; column?: string };
+export { failure, type PgError };
 
 /** A connection of its own (statements may run 90 s: a sync of a large table), closed when t ends. */
 export const connect = (t: Test, connectionString: string, name = 'sync-test'): Promise<pg.Client> => connectClient(t, connectionString, name, '90s');
@@ -19,15 +20,6 @@ export async function waitFor(what: string, check: () => Promise<boolean> | bool
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await sleep(25);
   }
-}
-
-export async function failure(run: () => Promise<unknown>): Promise<PgError | undefined> {
-  try {
-    await run();
-  } catch (error) {
-    return error as PgError;
-  }
-  return undefined;
 }
 
 /** One statement that must fail with a pgrelay SQLSTATE naming the argument (never XX000). */
