@@ -3,11 +3,12 @@ import type { Delivery, Subscription } from '../client/index.js';
 import {
   contentMode,
   createReconnector,
+  deliverBatch,
   envelope,
+  errorDescriber,
   optionalString,
   positiveNumber,
   readCredential,
-  redact,
   refuseInlineCredentials,
   urlHasPassword,
   withTimeout,
@@ -111,7 +112,7 @@ export function createAmqpSink(subscription: Subscription, env: NodeJS.ProcessEn
   const mode = contentMode(KIND, sink);
   const target = connectionTarget(sink, env);
   const render = compileTemplate(settings.routingKey, 'amqp', subscription.name);
-  const describe = (error: unknown): string => redact(`${KIND} ${error instanceof Error ? error.message : String(error)}`, target.secrets);
+  const describe = errorDescriber(KIND, target.secrets);
 
   const connections = createReconnector<Connection>({
     connect: async () => {
@@ -226,22 +227,15 @@ export function createAmqpSink(subscription: Subscription, env: NodeJS.ProcessEn
     },
     deliverMany: async (deliveries) => {
       if (deliveries.length === 0) return [];
-      let entry: PartitionChannel;
-      try {
-        entry = await entryFor(deliveries[0]!.partition);
-      } catch (error) {
-        const failure = error instanceof Error ? error : new Error(String(error));
-        return deliveries.map(() => failure);
-      }
-      const pending = deliveries.map((delivery) => {
+      return deliverBatch(deliveries, () => entryFor(deliveries[0]!.partition), (entry, delivery) => {
+        let pending: Promise<void>;
         try {
-          return send(entry, delivery);
+          pending = send(entry, delivery);
         } catch (error) {
           return Promise.reject(new Error(describe(error)));
         }
+        return confirmed(entry, pending);
       });
-      const settled = await Promise.allSettled(pending.map((p) => confirmed(entry, p)));
-      return settled.map((result) => (result.status === 'fulfilled' ? null : (result.reason as Error)));
     },
     close: () => connections.close(),
   };

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { Message } from '../client/index.js';
+import type { Delivery, Message } from '../client/index.js';
 import { toCloudEvent } from './cloudevents.js';
 
 /**
@@ -224,4 +224,30 @@ export function withTimeout<T>(promise: Promise<T>, ms: number, message: string)
     timer = setTimeout(() => reject(new Error(message)), ms);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** Turns any failure into the sink's error text: prefixed with the sink kind, secrets redacted. */
+export function errorDescriber(kind: string, secrets: readonly (string | undefined)[]): (error: unknown) => string {
+  return (error) => redact(`${kind} ${error instanceof Error ? error.message : String(error)}`, secrets);
+}
+
+/**
+ * A batch sent over one channel or connection: when `acquire` fails every delivery fails with
+ * that error; otherwise each is sent in order (sends start synchronously, so they go out in
+ * order) and the outcomes awaited together, null for acknowledged.
+ */
+export async function deliverBatch<C>(
+  deliveries: readonly Delivery[],
+  acquire: () => Promise<C>,
+  send: (channel: C, delivery: Delivery) => Promise<void>,
+): Promise<Array<Error | null>> {
+  let channel: C;
+  try {
+    channel = await acquire();
+  } catch (error) {
+    const failure = error instanceof Error ? error : new Error(String(error));
+    return deliveries.map(() => failure);
+  }
+  const settled = await Promise.allSettled(deliveries.map((delivery) => send(channel, delivery)));
+  return settled.map((result) => (result.status === 'fulfilled' ? null : (result.reason as Error)));
 }

@@ -5,12 +5,13 @@ import type { Delivery, Subscription } from '../client/index.js';
 import {
   contentMode,
   createReconnector,
+  deliverBatch,
   envelope,
+  errorDescriber,
   headerValue,
   optionalString,
   positiveNumber,
   readCredential,
-  redact,
   refuseInlineCredentials,
   urlHasPassword,
   withTimeout,
@@ -135,7 +136,7 @@ export function createNatsSink(subscription: Subscription, env: NodeJS.ProcessEn
   const mode = contentMode(KIND, sink);
   const auth = authOptions(sink, env);
   const render = compileTemplate(settings.subject, 'nats', subscription.name);
-  const describe = (error: unknown): string => redact(`${KIND} ${error instanceof Error ? error.message : String(error)}`, auth.secrets);
+  const describe = errorDescriber(KIND, auth.secrets);
 
   const connections = createReconnector<Connection>({
     connect: async () => {
@@ -202,18 +203,8 @@ export function createNatsSink(subscription: Subscription, env: NodeJS.ProcessEn
   return {
     type: 'nats',
     deliver: async (_message, delivery) => publish(await connections.get(), delivery),
-    deliverMany: async (deliveries) => {
-      let connection: Connection;
-      try {
-        connection = await connections.get();
-      } catch (error) {
-        const failure = error instanceof Error ? error : new Error(String(error));
-        return deliveries.map(() => failure);
-      }
-      // Publishes go out in order on the one connection; the acks are awaited together.
-      const settled = await Promise.allSettled(deliveries.map((delivery) => publish(connection, delivery)));
-      return settled.map((result) => (result.status === 'fulfilled' ? null : (result.reason as Error)));
-    },
+    // Publishes go out in order on the one connection; the acks are awaited together.
+    deliverMany: (deliveries) => deliverBatch(deliveries, () => connections.get(), publish),
     close: () => connections.close(),
   };
 }

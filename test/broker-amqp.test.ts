@@ -8,8 +8,8 @@
 import t, { type Test } from 'tap';
 import amqp, { type Channel, type ConsumeMessage } from 'amqplib';
 import { freshDatabase, query } from './helpers/db.ts';
-import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.ts';
-import { startRelay, AMQP_PASS, AMQP_URL, AMQP_USER, amqpTarget, brokerSkip, startTcpProxy, uniqueName, waitFor } from './helpers/brokers.ts';
+import { startRelay, AMQP_PASS, AMQP_URL, AMQP_USER, amqpTarget, brokerSkip, daemon, increasing, lag, publish, settled, subscribe, uniqueName, waitFor } from './helpers/brokers.ts';
+import { startTcpProxy } from './helpers/tcp-proxy.ts';
 
 const skip = await brokerSkip('RabbitMQ', AMQP_URL, 5672);
 
@@ -38,47 +38,6 @@ async function testQueue(t: Test, options: { bind?: boolean } = {}): Promise<Rec
   return { messages, exchange, queue, channel };
 }
 
-async function subscribe(connectionString: string, name: string, sink: object, options: object = {}): Promise<void> {
-  await query(connectionString, `SELECT pgrelay.subscribe($1, ARRAY['orders'], $2::jsonb, $3::jsonb)`, [
-    name,
-    JSON.stringify(sink),
-    JSON.stringify({ start: 'earliest', max_attempts: 1000, backoff: { initial_ms: 50, max_ms: 500 }, ...options }),
-  ]);
-}
-
-async function publish(connectionString: string, count: number, keys: number, from = 1): Promise<Array<{ id: string; key: string; seq: number }>> {
-  return query<{ id: string; key: string; seq: number }>(
-    connectionString,
-    `SELECT pgrelay.publish('orders', 'k' || (i % $2), 'order.created', jsonb_build_object('seq', i)) AS id,
-            'k' || (i % $2) AS key, i AS seq
-     FROM generate_series($3::int, $3::int + $1::int - 1) AS i ORDER BY i`,
-    [count, keys, from],
-  );
-}
-
-type Lag = { pending: number; retrying: number; dead: number; delivered: number };
-async function lag(connectionString: string, subscription: string): Promise<Lag> {
-  const [row] = await query<Lag>(
-    connectionString,
-    `SELECT sum(pending)::int AS pending, sum(retrying)::int AS retrying, sum(dead)::int AS dead, sum(delivered)::int AS delivered
-     FROM pgrelay.subscription_lag($1)`,
-    [subscription],
-  );
-  return row!;
-}
-
-const settled = (connectionString: string, subscription: string): Promise<true> =>
-  waitFor(`every message of ${subscription} acknowledged`, async () => {
-    const l = await lag(connectionString, subscription);
-    return l.pending === 0 && l.retrying === 0 ? true : undefined;
-  }, 40_000, 100);
-
-async function daemon(t: Test, connectionString: string, subscription: string, env: Record<string, string> = {}): Promise<DaemonProcess> {
-  const process = await startDaemonProcess({ connectionString, args: ['--port', 'off', '--only', subscription], env });
-  t.teardown(() => process.kill('SIGKILL'));
-  return process;
-}
-
 const seqOf = (message: ConsumeMessage): number => (JSON.parse(message.content.toString()) as { data: { seq: number } }).data.seq;
 
 /** Per key, the seq values in the order first received (a consumer dropping redeliveries by message_id). */
@@ -98,8 +57,6 @@ function firstOccurrences(messages: readonly ConsumeMessage[]): { perKey: Map<st
   }
   return { perKey, ids, duplicates };
 }
-
-const increasing = (list: readonly number[]): boolean => list.every((value, i) => i === 0 || value > list[i - 1]!);
 
 t.test('persistent, confirmed messages with message_id and headers, in key order; credentials from the environment', { skip }, async (t) => {
   const db = await freshDatabase(t);
@@ -155,7 +112,7 @@ t.test('SIGKILL mid-batch, one at a time and with batch_publish: every message a
   const modes = [];
   for (const batchPublish of [false, true]) {
     const received = await testQueue(t);
-    const proxy = await startTcpProxy(target.host, target.port);
+    const proxy = await startTcpProxy(t, target.host, target.port);
     const name = batchPublish ? 'rabbit-kill-batch' : 'rabbit-kill';
     await subscribe(
       db.connectionString,
@@ -211,7 +168,7 @@ t.test('a broker that goes away: messages wait, fail and retry, then arrive once
   const db = await freshDatabase(t);
   const received = await testQueue(t);
   const target = amqpTarget();
-  const proxy = await startTcpProxy(target.host, target.port);
+  const proxy = await startTcpProxy(t, target.host, target.port);
   await subscribe(db.connectionString, 'rabbit-outage', {
     type: 'amqp',
     url: `amqp://127.0.0.1:${proxy.port}`,

@@ -8,10 +8,10 @@ import t, { type Test } from 'tap';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { freshDatabase, query } from './helpers/db.ts';
-import { startDaemonProcess, type DaemonProcess } from './helpers/daemon-process.ts';
 import { createNatsSink } from '../daemon/nats-sink.ts';
 import type { Delivery, Subscription } from '../client/index.ts';
-import { startRelay, brokerSkip, natsTarget, NATS_URL, startTcpProxy, uniqueName, waitFor } from './helpers/brokers.ts';
+import { startRelay, brokerSkip, daemon, increasing, lag, natsTarget, NATS_URL, publish, settled, subscribe, uniqueName, waitFor } from './helpers/brokers.ts';
+import { startTcpProxy } from './helpers/tcp-proxy.ts';
 
 const skip = await brokerSkip('NATS', NATS_URL, 4222);
 
@@ -53,42 +53,6 @@ async function readStream(stream: Stream): Promise<Stored[]> {
   return out;
 }
 
-async function subscribe(connectionString: string, name: string, sink: object, options: object = {}): Promise<void> {
-  await query(connectionString, `SELECT pgrelay.subscribe($1, ARRAY['orders'], $2::jsonb, $3::jsonb)`, [
-    name,
-    JSON.stringify(sink),
-    JSON.stringify({ start: 'earliest', max_attempts: 1000, backoff: { initial_ms: 50, max_ms: 500 }, ...options }),
-  ]);
-}
-
-/** Publishes `count` messages over `keys` keys in one transaction; returns their ids in log order. */
-async function publish(connectionString: string, count: number, keys: number, from = 1): Promise<Array<{ id: string; key: string; seq: number }>> {
-  return query<{ id: string; key: string; seq: number }>(
-    connectionString,
-    `SELECT pgrelay.publish('orders', 'k' || (i % $2), 'order.created', jsonb_build_object('seq', i)) AS id,
-            'k' || (i % $2) AS key, i AS seq
-     FROM generate_series($3::int, $3::int + $1::int - 1) AS i ORDER BY i`,
-    [count, keys, from],
-  );
-}
-
-type Lag = { pending: number; retrying: number; dead: number; delivered: number };
-async function lag(connectionString: string, subscription: string): Promise<Lag> {
-  const [row] = await query<Lag>(
-    connectionString,
-    `SELECT sum(pending)::int AS pending, sum(retrying)::int AS retrying, sum(dead)::int AS dead, sum(delivered)::int AS delivered
-     FROM pgrelay.subscription_lag($1)`,
-    [subscription],
-  );
-  return row!;
-}
-
-async function daemon(t: Test, connectionString: string, subscription: string, env: Record<string, string> = {}): Promise<DaemonProcess> {
-  const process = await startDaemonProcess({ connectionString, args: ['--port', 'off', '--only', subscription], env });
-  t.teardown(() => process.kill('SIGKILL'));
-  return process;
-}
-
 const header = (message: Stored, name: string): string => message.header(name);
 
 /** Every stored message's Nats-Msg-Id, and per key the seq values in stream order. */
@@ -102,8 +66,6 @@ function summarise(messages: Stored[]) {
   }
   return { ids, perKey };
 }
-
-const increasing = (list: readonly number[]): boolean => list.every((value, i) => i === 0 || value > list[i - 1]!);
 
 t.test('publishes each message once with its headers, in key order, and acknowledges after the publish ack', { skip }, async (t) => {
   const db = await freshDatabase(t);
@@ -171,7 +133,7 @@ t.test('SIGKILL mid-batch, one at a time and with batch_publish: every message i
   const modes = [];
   for (const batchPublish of [false, true]) {
     const stream = await testStream(t);
-    const proxy = await startTcpProxy(target.host, target.port);
+    const proxy = await startTcpProxy(t, target.host, target.port);
     const name = batchPublish ? 'nats-kill-batch' : 'nats-kill';
     await subscribe(
       db.connectionString,
@@ -204,10 +166,7 @@ t.test('SIGKILL mid-batch, one at a time and with batch_publish: every message i
   }
   await daemon(t, db.connectionString, modes.map((m) => m.name).join(','));
   for (const m of modes) {
-    await waitFor(`${m.label}: every message acknowledged`, async () => {
-      const l = await lag(db.connectionString, m.name);
-      return l.pending === 0 && l.retrying === 0 ? true : undefined;
-    }, 50_000, 100);
+    await settled(db.connectionString, m.name, 50_000);
     const stored = await readStream(m.stream);
     const { ids, perKey } = summarise(stored);
     t.equal(stored.length, total, `${m.label}: exactly ${total} messages stored`);
@@ -225,7 +184,7 @@ t.test('a broker that goes away: messages wait, fail and retry, then arrive once
   const db = await freshDatabase(t);
   const stream = await testStream(t);
   const target = natsTarget();
-  const proxy = await startTcpProxy(target.host, target.port);
+  const proxy = await startTcpProxy(t, target.host, target.port);
   await subscribe(db.connectionString, 'nats-outage', {
     type: 'nats',
     servers: `nats://127.0.0.1:${proxy.port}`,
@@ -250,10 +209,7 @@ t.test('a broker that goes away: messages wait, fail and retry, then arrive once
   t.equal((await lag(db.connectionString, 'nats-outage')).dead, 0, 'nothing dead-lettered');
   await proxy.open();
   await waitFor('all 30 in the stream', async () => ((await streamCount(stream)) >= 30 ? true : undefined), 40_000, 100);
-  await waitFor('every message acknowledged', async () => {
-    const l = await lag(db.connectionString, 'nats-outage');
-    return l.pending === 0 && l.retrying === 0 ? true : undefined;
-  }, 30_000, 100);
+  await settled(db.connectionString, 'nats-outage', 30_000);
   const stored = await readStream(stream);
   t.same(
     stored.map((m) => header(m, 'Nats-Msg-Id')).sort(),

@@ -6,22 +6,12 @@
 //    and the moment the consumer sees every such publisher has ended.
 // And fetch_batch's precheck: an empty fetch takes no lock and writes nothing.
 import t, { type Test } from 'tap';
-import pg from 'pg';
 import type { CommonQueryMethods } from 'slonik';
 import { createClient, createWaker, startConsumer, type Message, type PgrelayClient, type Waker } from '../client/index.ts';
-import { freshDatabase } from './helpers/db.ts';
+import { connect, freshDatabase } from './helpers/db.ts';
 
 const SAFETY_POLL_MS = 60_000;
 const DEADLINE_MS = 15_000;
-
-async function connect(t: Test, connectionString: string, name: string): Promise<pg.Client> {
-  const client = new pg.Client({ connectionString, application_name: name, connectionTimeoutMillis: 15_000 });
-  client.on('error', () => {});
-  await client.connect();
-  await client.query(`SET statement_timeout = '30s'`);
-  t.teardown(() => client.end().catch(() => {}));
-  return client;
-}
 
 async function setup(t: Test): Promise<{ url: string; client: PgrelayClient; waker: Waker }> {
   const { connectionString: url } = await freshDatabase(t);

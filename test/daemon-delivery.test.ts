@@ -9,7 +9,7 @@ import t from 'tap';
 import { freshDatabase } from './helpers/db.ts';
 import { startDaemonProcess } from './helpers/daemon-process.ts';
 import { startWebhookReceiver } from './helpers/webhook-receiver.ts';
-import { startTcpProxy } from './helpers/tcp-proxy.ts';
+import { startPostgresProxy } from './helpers/tcp-proxy.ts';
 import { connect, daemonPort, duplicates, killAtEnd, perKeyOrderViolations, produce, readBack, waitUntil, type Published } from './fixtures/daemon.ts';
 
 const SECRET = 'test-hook-secret-0123456789';
@@ -39,7 +39,7 @@ t.test('the real daemon delivers to a webhook, a failing webhook and stdout', as
   ]);
 
   // The daemon reaches the database through a proxy, so the test can cut it off.
-  const proxy = await startTcpProxy(t, db.connectionString);
+  const proxy = await startPostgresProxy(t, db.connectionString);
   const daemon = killAtEnd(
     t,
     await startDaemonProcess({ connectionString: proxy.connectionString, args: ['--port', '0'], env: { PGRELAY_TEST_HOOK_SECRET: SECRET } }),
@@ -196,7 +196,7 @@ t.test('the real daemon delivers to a webhook, a failing webhook and stdout', as
   });
 
   await t.test('/healthz says 503 while the database is unreachable, and recovers', async (t) => {
-    await proxy.down();
+    await proxy.close();
     let unhealthy: { status: number; body: { ok: boolean; error?: string } } | undefined;
     await waitUntil(
       async () => {
@@ -210,7 +210,7 @@ t.test('the real daemon delivers to a webhook, a failing webhook and stdout', as
     t.equal(unhealthy?.body.ok, false);
     t.type(unhealthy?.body.error, 'string', 'says why');
     t.equal(daemon.child.exitCode, null, 'the daemon keeps running');
-    await proxy.up();
+    await proxy.open();
     await waitUntil(async () => (await http('/healthz')).status === 200, 30_000, '/healthz healthy again');
     const late = await publishOne(admin, 'k-late', { late: true });
     await hooks.waitFor(() => hooks.acked().some((r) => r.id === late), 30_000, 'a message published after the outage');

@@ -1,12 +1,14 @@
-// Broker availability for the NATS and RabbitMQ tests, and a TCP proxy a test can close and
-// reopen to play a broker that goes down and comes back.
+// Broker availability for the NATS and RabbitMQ tests, and what both broker test files share:
+// subscribing, publishing, waiting for the lag to settle, the daemon process or in-process relay.
 //
 // A broker that does not answer makes its tests skip with a clear message, unless
 // PGRELAY_REQUIRE_BROKERS=1 (CI), where a missing broker is a failure.
-import { connect as tcpConnect, createServer, type Server, type Socket } from 'node:net';
+import { connect as tcpConnect } from 'node:net';
 import tap, { type Test } from 'tap';
 import { createRelayService } from '../../daemon/service.ts';
 import { defaultSinks } from '../../daemon/sinks.ts';
+import { startDaemonProcess, type DaemonProcess } from './daemon-process.ts';
+import { query } from './sql.ts';
 
 export const NATS_URL = process.env.PGRELAY_TEST_NATS_URL ?? 'nats://127.0.0.1:4222';
 export const AMQP_URL = process.env.PGRELAY_TEST_AMQP_URL ?? 'amqp://127.0.0.1:5672';
@@ -51,94 +53,6 @@ export async function brokerSkip(name: 'NATS' | 'RabbitMQ', url: string, default
   }
   tap.comment(reason);
   return reason;
-}
-
-export type TcpProxy = {
-  readonly port: number;
-  /** Stops listening and cuts every open connection: the broker looks down. */
-  close(): Promise<void>;
-  /** Listens again on the same port. */
-  open(): Promise<void>;
-  /** Connections accepted so far. */
-  readonly accepted: number;
-  /**
-   * Once the client has sent `pattern` `times` times (counted per chunk), the broker's replies
-   * stop reaching the client (they are dropped) while the client's data still reaches the broker:
-   * publishes land, their acks never arrive. Resolves when the hold starts.
-   */
-  holdRepliesAfter(pattern: string, times: number): Promise<void>;
-};
-
-/** A TCP proxy on a free local port forwarding to host:port. */
-export async function startTcpProxy(host: string, port: number): Promise<TcpProxy> {
-  const sockets = new Set<Socket>();
-  let accepted = 0;
-  let server: Server | undefined;
-  let listenPort = 0;
-  let hold: { pattern: string; remaining: number; held: boolean; started: () => void } | undefined;
-  const listen = (): Promise<void> =>
-    new Promise((resolve, reject) => {
-      const s = createServer((client) => {
-        accepted += 1;
-        const upstream = tcpConnect({ host, port });
-        sockets.add(client);
-        sockets.add(upstream);
-        const cut = (): void => {
-          client.destroy();
-          upstream.destroy();
-          sockets.delete(client);
-          sockets.delete(upstream);
-        };
-        client.on('error', cut).on('close', cut);
-        upstream.on('error', cut).on('close', cut);
-        client.on('data', (chunk: Buffer) => {
-          if (hold !== undefined && !hold.held) {
-            const text = chunk.toString('latin1');
-            for (let at = text.indexOf(hold.pattern); at >= 0 && hold.remaining > 0; at = text.indexOf(hold.pattern, at + 1)) hold.remaining -= 1;
-            if (hold.remaining <= 0) {
-              hold.held = true;
-              hold.started();
-            }
-          }
-          upstream.write(chunk);
-        });
-        upstream.on('data', (chunk: Buffer) => {
-          if (hold?.held !== true) client.write(chunk);
-        });
-      });
-      s.once('error', reject);
-      s.listen(listenPort, '127.0.0.1', () => {
-        listenPort = (s.address() as { port: number }).port;
-        server = s;
-        resolve();
-      });
-    });
-  await listen();
-  const proxy: TcpProxy = {
-    get port() {
-      return listenPort;
-    },
-    get accepted() {
-      return accepted;
-    },
-    close: async () => {
-      const s = server;
-      server = undefined;
-      for (const socket of sockets) socket.destroy();
-      sockets.clear();
-      if (s !== undefined) await new Promise<void>((resolve) => s.close(() => resolve()));
-    },
-    open: async () => {
-      hold = undefined;
-      if (server === undefined) await listen();
-    },
-    holdRepliesAfter: (pattern, times) =>
-      new Promise<void>((resolve) => {
-        hold = { pattern, remaining: times, held: false, started: resolve };
-      }),
-  };
-  tap.teardown(() => proxy.close());
-  return proxy;
 }
 
 /** Polls `check` until it returns a value that is not undefined, or throws after timeoutMs. */
@@ -188,3 +102,50 @@ export async function startRelay(t: Test, connectionString: string, subscription
   t.teardown(stop);
   return { logs, stop };
 }
+
+/** Subscribes `name` to topic "orders" with `sink`, from the earliest message, retrying fast. */
+export async function subscribe(connectionString: string, name: string, sink: object, options: object = {}): Promise<void> {
+  await query(connectionString, `SELECT pgrelay.subscribe($1, ARRAY['orders'], $2::jsonb, $3::jsonb)`, [
+    name,
+    JSON.stringify(sink),
+    JSON.stringify({ start: 'earliest', max_attempts: 1000, backoff: { initial_ms: 50, max_ms: 500 }, ...options }),
+  ]);
+}
+
+/** Publishes `count` messages over `keys` keys in one transaction; returns their ids in log order. */
+export async function publish(connectionString: string, count: number, keys: number, from = 1): Promise<Array<{ id: string; key: string; seq: number }>> {
+  return query<{ id: string; key: string; seq: number }>(
+    connectionString,
+    `SELECT pgrelay.publish('orders', 'k' || (i % $2), 'order.created', jsonb_build_object('seq', i)) AS id,
+            'k' || (i % $2) AS key, i AS seq
+     FROM generate_series($3::int, $3::int + $1::int - 1) AS i ORDER BY i`,
+    [count, keys, from],
+  );
+}
+
+export type Lag = { pending: number; retrying: number; dead: number; delivered: number };
+export async function lag(connectionString: string, subscription: string): Promise<Lag> {
+  const [row] = await query<Lag>(
+    connectionString,
+    `SELECT sum(pending)::int AS pending, sum(retrying)::int AS retrying, sum(dead)::int AS dead, sum(delivered)::int AS delivered
+     FROM pgrelay.subscription_lag($1)`,
+    [subscription],
+  );
+  return row!;
+}
+
+/** Waits until nothing of `subscription` is pending or retrying. */
+export const settled = (connectionString: string, subscription: string, timeoutMs = 40_000): Promise<true> =>
+  waitFor(`every message of ${subscription} acknowledged`, async () => {
+    const l = await lag(connectionString, subscription);
+    return l.pending === 0 && l.retrying === 0 ? true : undefined;
+  }, timeoutMs, 100);
+
+/** The daemon process serving only `subscription` (comma-separated names), SIGKILLed when the test ends. */
+export async function daemon(t: Test, connectionString: string, subscription: string, env: Record<string, string> = {}): Promise<DaemonProcess> {
+  const process = await startDaemonProcess({ connectionString, args: ['--port', 'off', '--only', subscription], env });
+  t.teardown(() => process.kill('SIGKILL'));
+  return process;
+}
+
+export const increasing = (list: readonly number[]): boolean => list.every((value, i) => i === 0 || value > list[i - 1]!);

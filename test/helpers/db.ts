@@ -4,7 +4,7 @@ import { createDatabase, dropDatabase, nextDatabaseName } from './databases.ts';
 import { currentRunState } from './run-state.ts';
 import { databaseUrl } from './sql.ts';
 
-export { query, withClient } from './sql.ts';
+export { connect, query, withClient } from './sql.ts';
 
 export type FreshDatabase = { connectionString: string; name: string };
 

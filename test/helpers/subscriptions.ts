@@ -3,8 +3,10 @@
 import type { Test } from 'tap';
 import pg from 'pg';
 import { createClient, type PgrelayClient } from '../../client/index.ts';
+import { connect as connectClient } from './sql.ts';
+import { failure, type PgError } from './errors.ts';
 
-export type PgError = Error & { code?: string; column?: string };
+export { failure, type PgError };
 
 export type Delivery = {
   subscription: string;
@@ -23,14 +25,7 @@ export type Delivery = {
 export type Batch = { partition: number; token: string; deliveries: Delivery[] };
 
 /** A connection of its own, closed when t ends. */
-export async function connect(t: Test, connectionString: string, name = 'subscriptions-test'): Promise<pg.Client> {
-  const client = new pg.Client({ connectionString, application_name: name, connectionTimeoutMillis: 15_000 });
-  client.on('error', () => {});
-  await client.connect();
-  await client.query(`SET statement_timeout = '30s'`);
-  t.teardown(() => client.end().catch(() => {}));
-  return client;
-}
+export const connect = (t: Test, connectionString: string, name = 'subscriptions-test'): Promise<pg.Client> => connectClient(t, connectionString, name);
 
 /** Publishes one message (in the client's current transaction, if any) and returns its position. */
 export async function publish(client: pg.Client, topic: string, key: string | null, data: unknown = {}): Promise<string> {
@@ -103,15 +98,6 @@ export async function drain(client: pg.Client, subscription: string, consumer = 
     await completeBatch(client, subscription, batch, batch.deliveries.map((d) => d.position));
   }
   throw new Error(`drain(${subscription}): still delivering after 1000 batches`);
-}
-
-export async function failure(run: () => Promise<unknown>): Promise<PgError | undefined> {
-  try {
-    await run();
-  } catch (error) {
-    return error as PgError;
-  }
-  return undefined;
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));

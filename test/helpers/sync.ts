@@ -4,17 +4,13 @@ import type { Test } from 'tap';
 import { spawn } from 'node:child_process';
 import pg from 'pg';
 import { query } from './db.ts';
+import { connect as connectClient } from './sql.ts';
+import { failure, type PgError } from './errors.ts';
 
-export type PgError = Error & { code?: string; column?: string };
+export { failure, type PgError };
 
-export async function connect(t: Test, connectionString: string, name = 'sync-test'): Promise<pg.Client> {
-  const client = new pg.Client({ connectionString, application_name: name, connectionTimeoutMillis: 15_000 });
-  client.on('error', () => {});
-  await client.connect();
-  await client.query(`SET statement_timeout = '90s'`);
-  t.teardown(() => client.end().catch(() => {}));
-  return client;
-}
+/** A connection of its own (statements may run 90 s: a sync of a large table), closed when t ends. */
+export const connect = (t: Test, connectionString: string, name = 'sync-test'): Promise<pg.Client> => connectClient(t, connectionString, name, '90s');
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -24,15 +20,6 @@ export async function waitFor(what: string, check: () => Promise<boolean> | bool
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await sleep(25);
   }
-}
-
-export async function failure(run: () => Promise<unknown>): Promise<PgError | undefined> {
-  try {
-    await run();
-  } catch (error) {
-    return error as PgError;
-  }
-  return undefined;
 }
 
 /** One statement that must fail with a pgrelay SQLSTATE naming the argument (never XX000). */
