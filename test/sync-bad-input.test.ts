@@ -108,6 +108,24 @@ t.test('sync_apply: malformed messages and arguments raise PR001, nothing writte
   t.equal((await c.query(`SELECT count(*)::int AS n FROM pgrelay.sync_row_versions`)).rows[0].n, 0, 'no row version written');
 });
 
+t.test('sync_read: bad arguments are PR001 naming them', async (t) => {
+  const db = await freshDatabase(t);
+  const c = await connect(t, db.connectionString);
+  const fn = 'pgrelay.sync_read';
+  const cases: Array<[string, string, string]> = [
+    ['topics NULL', `SELECT * FROM pgrelay.sync_read(NULL, '0', 0)`, 'topics'],
+    ['topic malformed', `SELECT * FROM pgrelay.sync_read(ARRAY['bad topic'], '0', 0)`, 'topics'],
+    ['after_xid NULL', `SELECT * FROM pgrelay.sync_read(ARRAY['items'], NULL, 0)`, 'after_xid'],
+    ['after_position NULL', `SELECT * FROM pgrelay.sync_read(ARRAY['items'], '0', NULL)`, 'after_position'],
+    ['after_position negative', `SELECT * FROM pgrelay.sync_read(ARRAY['items'], '0', -1)`, 'after_position'],
+    ['max_messages 0', `SELECT * FROM pgrelay.sync_read(ARRAY['items'], '0', 0, 0)`, 'max_messages'],
+    ['max_messages too large', `SELECT * FROM pgrelay.sync_read(ARRAY['items'], '0', 0, 100001)`, 'max_messages'],
+  ];
+  for (const [what, query, argument] of cases) await expectError(t, c, what, query, [], { code: 'PR001', fn, argument });
+  const empty = await c.query(`SELECT messages_count, messages FROM pgrelay.sync_read(ARRAY['items'], '0', 0)`);
+  t.same(empty.rows, [{ messages_count: 0, messages: null }], 'valid arguments on an empty log: nothing to read');
+});
+
 t.test('sync_run, sync_drop, sync_progress, sync_lock, sync_reconcile: bad arguments and wrong states', async (t) => {
   const db = await freshDatabase(t);
   const c = await connect(t, db.connectionString);
