@@ -25,13 +25,7 @@ BEGIN
     IF sync_reconcile.chunk_size IS NULL OR sync_reconcile.chunk_size NOT BETWEEN 1 AND 100000 THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'chunk_size', 'must be between 1 and 100000');
     END IF;
-    SELECT * INTO v_sync FROM pgrelay.syncs s WHERE s.name = sync_reconcile.name;
-    IF NOT FOUND THEN
-        PERFORM pgrelay._raise('PR003', v_fn, 'name', format('names no sync: %L', sync_reconcile.name));
-    END IF;
-    IF v_sync.target ? 'database_env' THEN
-        PERFORM pgrelay._raise('PR007', v_fn, 'name', 'targets another database: reconcile it with `pgrelay sync reconcile`');
-    END IF;
+    v_sync := pgrelay._sync_local(v_fn, sync_reconcile.name, 'reconcile it with `pgrelay sync reconcile`');
     v_src := to_regclass(v_sync.source_table);
     IF v_src IS NULL THEN
         PERFORM pgrelay._raise('PR007', v_fn, 'name', 'has no source_table: define it with options {"source_table": "schema.table"}');

@@ -18,13 +18,7 @@ BEGIN
     IF sync_run.max_messages IS NULL OR sync_run.max_messages NOT BETWEEN 1 AND 100000 THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'max_messages', 'must be between 1 and 100000');
     END IF;
-    SELECT * INTO v_sync FROM pgrelay.syncs s WHERE s.name = sync_run.name;
-    IF NOT FOUND THEN
-        PERFORM pgrelay._raise('PR003', v_fn, 'name', format('names no sync: %L', sync_run.name));
-    END IF;
-    IF v_sync.target ? 'database_env' THEN
-        PERFORM pgrelay._raise('PR007', v_fn, 'name', 'targets another database: the daemon runs it');
-    END IF;
+    v_sync := pgrelay._sync_local(v_fn, sync_run.name, 'the daemon runs it');
     INSERT INTO pgrelay.sync_checkpoints AS c (name) VALUES (sync_run.name) ON CONFLICT ON CONSTRAINT sync_checkpoints_pkey DO NOTHING;
     SELECT * INTO v_cp FROM pgrelay.sync_checkpoints c WHERE c.name = sync_run.name FOR UPDATE;
     v_batch := pgrelay._read_walk(v_cp.cursor_xid, v_cp.cursor_position, sync_run.max_messages, v_sync.topics, 0, 1, '{}');
