@@ -1,4 +1,4 @@
-// Saga workers as real processes against a real PostgreSQL (test/fixtures/saga-worker-process.ts).
+// Saga workers as real processes against a real PostgreSQL (test/fixtures/saga-worker-process.mjs).
 // Proves: a worker PROCESS SIGKILLed mid-step leaves a lease that expires, another worker retries
 // the step (same idempotency key, next attempt) and the saga completes; a worker frozen past its
 // lease (SIGSTOP) and then resumed changes nothing.
@@ -33,8 +33,8 @@ const effects = (url: string, sagaId: string) =>
 t.test('a worker process SIGKILLed mid-step: the lease expires, another worker retries the step, the saga completes', async (t) => {
   const { url, client } = await procDatabase(t);
   const [a, b] = await Promise.all([
-    startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'hang', PROC_WORKER: 'worker-a', PROC_TIMEOUT: '1' }),
-    startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'normal', PROC_WORKER: 'worker-b', PROC_TIMEOUT: '1', PROC_START_PAUSED: '1' }),
+    startWorkerProcess(t, 'saga-worker-process.mjs', { DATABASE_URL: url, PROC_MODE: 'hang', PROC_WORKER: 'worker-a', PROC_TIMEOUT: '1' }),
+    startWorkerProcess(t, 'saga-worker-process.mjs', { DATABASE_URL: url, PROC_MODE: 'normal', PROC_WORKER: 'worker-b', PROC_TIMEOUT: '1', PROC_START_PAUSED: '1' }),
   ]);
   const sagaId = await client.sagas.start('proc.order', { order: 1 });
   const started = await a.waitFor((e) => e.event === 'started' && e.saga_id === sagaId);
@@ -73,8 +73,8 @@ t.test('a worker process SIGKILLed mid-step: the lease expires, another worker r
 t.test('a worker process frozen past its lease (SIGSTOP) and resumed after another worker finished changes nothing', async (t) => {
   const { url, client } = await procDatabase(t);
   const [a, b] = await Promise.all([
-    startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'slow', PROC_SLOW_MS: '300', PROC_WORKER: 'worker-a', PROC_TIMEOUT: '1' }),
-    startWorkerProcess(t, 'saga-worker-process.ts', { DATABASE_URL: url, PROC_MODE: 'normal', PROC_WORKER: 'worker-b', PROC_TIMEOUT: '1', PROC_START_PAUSED: '1' }),
+    startWorkerProcess(t, 'saga-worker-process.mjs', { DATABASE_URL: url, PROC_MODE: 'slow', PROC_SLOW_MS: '300', PROC_WORKER: 'worker-a', PROC_TIMEOUT: '1' }),
+    startWorkerProcess(t, 'saga-worker-process.mjs', { DATABASE_URL: url, PROC_MODE: 'normal', PROC_WORKER: 'worker-b', PROC_TIMEOUT: '1', PROC_START_PAUSED: '1' }),
   ]);
   const sagaId = await client.sagas.start('proc.order', { order: 2 });
   await a.waitFor((e) => e.event === 'started' && e.saga_id === sagaId);
