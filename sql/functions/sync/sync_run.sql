@@ -10,8 +10,9 @@ DECLARE
     v_fn    constant text := 'pgrelay.sync_run';
     v_sync  pgrelay.syncs;
     v_cp    pgrelay.sync_checkpoints;
-    v_batch pgrelay.message_record[];
-    v_last  pgrelay.message_record;
+    v_messages    jsonb;
+    v_to_xid      xid8;
+    v_to_position bigint;
     v_applied integer;
 BEGIN
     PERFORM pgrelay._check_name(v_fn, 'name', sync_run.name);
@@ -21,18 +22,23 @@ BEGIN
     v_sync := pgrelay._sync_local(v_fn, sync_run.name, 'the daemon runs it');
     INSERT INTO pgrelay.sync_checkpoints AS c (name) VALUES (sync_run.name) ON CONFLICT ON CONSTRAINT sync_checkpoints_pkey DO NOTHING;
     SELECT * INTO v_cp FROM pgrelay.sync_checkpoints c WHERE c.name = sync_run.name FOR UPDATE;
-    v_batch := pgrelay._read_walk(v_cp.cursor_xid, v_cp.cursor_position, sync_run.max_messages, v_sync.topics, 0, 1, '{}');
-    IF cardinality(v_batch) = 0 THEN
+    -- The walk pgrelay.sync_read reads (pgrelay._sync_walk: gapless; per-key order is kept by
+    -- sync_apply's row versions), as the jsonb array sync_apply takes, and its last cursor.
+    WITH b AS MATERIALIZED (
+        SELECT * FROM pgrelay._sync_walk(v_sync.topics, v_cp.cursor_xid, v_cp.cursor_position, sync_run.max_messages)
+    )
+    SELECT jsonb_agg(jsonb_build_object('position', b.position, 'type', b.type, 'data', b.data, 'created_at', b.created_at)
+                     ORDER BY b.position),
+           (SELECT l.xid FROM b AS l ORDER BY l.xid DESC, l.position DESC LIMIT 1),
+           (SELECT l.position FROM b AS l ORDER BY l.xid DESC, l.position DESC LIMIT 1)
+      INTO v_messages, v_to_xid, v_to_position
+      FROM b;
+    IF v_messages IS NULL THEN
         RETURN 0;
     END IF;
-    v_last := v_batch[cardinality(v_batch)];
-    v_applied := pgrelay.sync_apply(
-        sync_run.name, v_sync.target,
-        (SELECT jsonb_agg(jsonb_build_object('position', m.position, 'type', m.type, 'data', m.data, 'created_at', m.created_at)
-                          ORDER BY m.position)
-         FROM unnest(v_batch) AS m),
-        v_cp.cursor_xid, v_cp.cursor_position, v_last.xid, v_last.position, v_sync.source_format);
-    PERFORM pgrelay.sync_progress(sync_run.name, v_last.xid, v_last.position);
+    v_applied := pgrelay.sync_apply(sync_run.name, v_sync.target, v_messages,
+                                    v_cp.cursor_xid, v_cp.cursor_position, v_to_xid, v_to_position, v_sync.source_format);
+    PERFORM pgrelay.sync_progress(sync_run.name, v_to_xid, v_to_position);
     RETURN v_applied;
 END;
 $$;
