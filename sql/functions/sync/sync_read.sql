@@ -1,7 +1,8 @@
 -- pgrelay.sync_read(topics, after_xid, after_position, max_messages): in the SOURCE database, the
--- next gapless batch after a sync's checkpoint, already as the JSON array pgrelay.sync_apply takes
--- in the target ([{position, type, data, created_at}] in position order), with its size and the
--- cursor the checkpoint moves to. One text value: the daemon passes it on without decoding it.
+-- next gapless batch after a sync's checkpoint (pgrelay._sync_walk), already as the JSON array
+-- pgrelay.sync_apply takes in the target ([{position, type, data, created_at}] in position order),
+-- with its size and the cursor the checkpoint moves to. One text value: the daemon passes it on
+-- without decoding it.
 -- key_fields (CDC only): the source fields the target key is built from; an update that changes
 -- none of them travels without its before image (sync_apply needs it only for key changes).
 CREATE OR REPLACE FUNCTION pgrelay.sync_read(topics text[], after_xid xid8, after_position bigint, max_messages integer DEFAULT 2000,
@@ -40,8 +41,5 @@ BEGIN
            (SELECT l.position FROM b AS l ORDER BY l.xid DESC, l.position DESC LIMIT 1)
       INTO messages_count, messages, to_xid, to_position
       FROM b;
-    IF messages_count = 0 THEN
-        messages := NULL;
-    END IF;
 END;
 $$;
