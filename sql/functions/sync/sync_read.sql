@@ -1,7 +1,8 @@
 -- pgrelay.sync_read(topics, after_xid, after_position, max_messages): in the SOURCE database, the
--- next gapless batch after a sync's checkpoint, already as the JSON array pgrelay.sync_apply takes
--- in the target ([{position, type, data, created_at}] in position order), with its size and the
--- cursor the checkpoint moves to. One text value: the daemon passes it on without decoding it.
+-- next gapless batch after a sync's checkpoint (pgrelay._sync_walk), already as the JSON array
+-- pgrelay.sync_apply takes in the target ([{position, type, data, created_at}] in position order),
+-- with its size and the cursor the checkpoint moves to. One text value: the daemon passes it on
+-- without decoding it.
 -- key_fields (CDC only): the source fields the target key is built from; an update that changes
 -- none of them travels without its before image (sync_apply needs it only for key changes).
 CREATE OR REPLACE FUNCTION pgrelay.sync_read(topics text[], after_xid xid8, after_position bigint, max_messages integer DEFAULT 2000,
@@ -12,7 +13,6 @@ STABLE
 AS $$
 DECLARE
     v_fn    constant text := 'pgrelay.sync_read';
-    v_batch pgrelay.message_record[];
 BEGIN
     PERFORM pgrelay._check_topic_patterns(v_fn, 'topics', sync_read.topics);
     IF sync_read.after_xid IS NULL THEN
@@ -24,21 +24,22 @@ BEGIN
     IF sync_read.max_messages IS NULL OR sync_read.max_messages NOT BETWEEN 1 AND 100000 THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'max_messages', 'must be between 1 and 100000');
     END IF;
-    v_batch := pgrelay._read_walk(sync_read.after_xid, sync_read.after_position, sync_read.max_messages, sync_read.topics, 0, 1, '{}');
-    messages_count := coalesce(cardinality(v_batch), 0);
-    IF messages_count = 0 THEN
-        RETURN;
-    END IF;
-    to_xid := v_batch[messages_count].xid;
-    to_position := v_batch[messages_count].position;
+    -- One pass over the walk (pgrelay._sync_walk): the JSON, the count and the last (xid, position).
     -- json, not jsonb: building text is cheaper, and the target parses it once anyway.
-    messages := (SELECT json_agg(json_build_object('position', m.position, 'type', m.type,
-                                                   'data', CASE WHEN m.type = 'update' AND sync_read.key_fields IS NOT NULL
-                                                                     AND NOT EXISTS (SELECT 1 FROM unnest(sync_read.key_fields) AS k
-                                                                                     WHERE m.data -> 'before' -> k IS DISTINCT FROM m.data -> 'after' -> k)
-                                                                THEN jsonb_build_object('after', m.data -> 'after')
-                                                                ELSE m.data END,
-                                                   'created_at', m.created_at) ORDER BY m.position)::text
-                 FROM unnest(v_batch) AS m);
+    WITH b AS MATERIALIZED (
+        SELECT * FROM pgrelay._sync_walk(sync_read.topics, sync_read.after_xid, sync_read.after_position, sync_read.max_messages)
+    )
+    SELECT count(*)::integer,
+           json_agg(json_build_object('position', b.position, 'type', b.type,
+                                      'data', CASE WHEN b.type = 'update' AND sync_read.key_fields IS NOT NULL
+                                                        AND NOT EXISTS (SELECT 1 FROM unnest(sync_read.key_fields) AS k
+                                                                        WHERE b.data -> 'before' -> k IS DISTINCT FROM b.data -> 'after' -> k)
+                                                   THEN jsonb_build_object('after', b.data -> 'after')
+                                                   ELSE b.data END,
+                                      'created_at', b.created_at) ORDER BY b.position)::text,
+           (SELECT l.xid FROM b AS l ORDER BY l.xid DESC, l.position DESC LIMIT 1),
+           (SELECT l.position FROM b AS l ORDER BY l.xid DESC, l.position DESC LIMIT 1)
+      INTO messages_count, messages, to_xid, to_position
+      FROM b;
 END;
 $$;

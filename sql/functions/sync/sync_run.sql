@@ -10,8 +10,10 @@ DECLARE
     v_fn    constant text := 'pgrelay.sync_run';
     v_sync  pgrelay.syncs;
     v_cp    pgrelay.sync_checkpoints;
-    v_batch pgrelay.message_record[];
-    v_last  pgrelay.message_record;
+    v_messages    jsonb;
+    v_to_xid      xid8;
+    v_to_position bigint;
+    v_key_fields  text[];
     v_applied integer;
 BEGIN
     PERFORM pgrelay._check_name(v_fn, 'name', sync_run.name);
@@ -21,18 +23,38 @@ BEGIN
     v_sync := pgrelay._sync_local(v_fn, sync_run.name, 'the daemon runs it');
     INSERT INTO pgrelay.sync_checkpoints AS c (name) VALUES (sync_run.name) ON CONFLICT ON CONSTRAINT sync_checkpoints_pkey DO NOTHING;
     SELECT * INTO v_cp FROM pgrelay.sync_checkpoints c WHERE c.name = sync_run.name FOR UPDATE;
-    v_batch := pgrelay._read_walk(v_cp.cursor_xid, v_cp.cursor_position, sync_run.max_messages, v_sync.topics, 0, 1, '{}');
-    IF cardinality(v_batch) = 0 THEN
+    -- As the daemon does for pgrelay.sync_read: when every key column comes from a source field,
+    -- an update that changes none of them goes without its before image (sync_apply reads it only
+    -- to delete the old key of a key change).
+    IF v_sync.source_format = 'cdc' AND NOT EXISTS (
+           SELECT 1 FROM jsonb_array_elements_text(v_sync.target -> 'key_columns') AS k
+           WHERE jsonb_typeof(coalesce(v_sync.target -> 'columns' -> k, to_jsonb(k))) <> 'string') THEN
+        v_key_fields := ARRAY(SELECT coalesce(v_sync.target -> 'columns' ->> k, k)
+                              FROM jsonb_array_elements_text(v_sync.target -> 'key_columns') AS k);
+    END IF;
+    -- The walk pgrelay.sync_read reads (pgrelay._sync_walk: gapless; per-key order is kept by
+    -- sync_apply's row versions), as the jsonb array sync_apply takes, and its last cursor.
+    WITH b AS MATERIALIZED (
+        SELECT * FROM pgrelay._sync_walk(v_sync.topics, v_cp.cursor_xid, v_cp.cursor_position, sync_run.max_messages)
+    )
+    SELECT jsonb_agg(jsonb_build_object('position', b.position, 'type', b.type,
+                                        'data', CASE WHEN b.type = 'update' AND v_key_fields IS NOT NULL
+                                                          AND NOT EXISTS (SELECT 1 FROM unnest(v_key_fields) AS k
+                                                                          WHERE b.data -> 'before' -> k IS DISTINCT FROM b.data -> 'after' -> k)
+                                                     THEN jsonb_build_object('after', b.data -> 'after')
+                                                     ELSE b.data END,
+                                        'created_at', b.created_at)
+                     ORDER BY b.position),
+           (SELECT l.xid FROM b AS l ORDER BY l.xid DESC, l.position DESC LIMIT 1),
+           (SELECT l.position FROM b AS l ORDER BY l.xid DESC, l.position DESC LIMIT 1)
+      INTO v_messages, v_to_xid, v_to_position
+      FROM b;
+    IF v_messages IS NULL THEN
         RETURN 0;
     END IF;
-    v_last := v_batch[cardinality(v_batch)];
-    v_applied := pgrelay.sync_apply(
-        sync_run.name, v_sync.target,
-        (SELECT jsonb_agg(jsonb_build_object('position', m.position, 'type', m.type, 'data', m.data, 'created_at', m.created_at)
-                          ORDER BY m.position)
-         FROM unnest(v_batch) AS m),
-        v_cp.cursor_xid, v_cp.cursor_position, v_last.xid, v_last.position, v_sync.source_format);
-    PERFORM pgrelay.sync_progress(sync_run.name, v_last.xid, v_last.position);
+    v_applied := pgrelay.sync_apply(sync_run.name, v_sync.target, v_messages,
+                                    v_cp.cursor_xid, v_cp.cursor_position, v_to_xid, v_to_position, v_sync.source_format);
+    PERFORM pgrelay.sync_progress(sync_run.name, v_to_xid, v_to_position);
     RETURN v_applied;
 END;
 $$;
