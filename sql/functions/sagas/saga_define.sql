@@ -44,6 +44,19 @@ AS $$
     SELECT CASE WHEN jsonb_typeof(p_value) = 'number' THEN (p_value #>> '{}')::numeric END
 $$;
 
+-- pgrelay._saga_compile(fn, definition): a checked definition's steps as saga_steps will hold them
+-- (defaults filled in, backoff normalised). saga_define stores it per version (saga_definitions.steps)
+-- so that saga_start does not parse the definition again for every saga.
+CREATE OR REPLACE FUNCTION pgrelay._saga_compile(p_function text, p_definition jsonb)
+RETURNS pgrelay.saga_step_spec[]
+LANGUAGE sql
+AS $$
+    SELECT array_agg(ROW(st ->> 'name', st -> 'action', nullif(st -> 'compensation', 'null'),
+                         coalesce((st ->> 'max_attempts')::integer, 3), coalesce((st ->> 'timeout')::numeric, 30),
+                         pgrelay._check_backoff(p_function, st -> 'backoff'))::pgrelay.saga_step_spec ORDER BY n)
+    FROM jsonb_array_elements(p_definition -> 'steps') WITH ORDINALITY AS t(st, n)
+$$;
+
 -- pgrelay.saga_define(saga_type, definition): register a saga type, or a new version of it when
 -- the definition changed (running sagas keep the version they started with). definition:
 --   {"steps": [{"name", "action", "compensation"?, "max_attempts"? (default 3),
@@ -130,10 +143,14 @@ BEGIN
     SELECT * INTO v_latest FROM pgrelay.saga_definitions d
     WHERE d.saga_type = saga_define.saga_type ORDER BY d.version DESC LIMIT 1;
     IF FOUND AND v_latest.definition = v_def THEN
+        IF v_latest.steps IS NULL THEN  -- defined before migration 008: compile it now
+            UPDATE pgrelay.saga_definitions d SET steps = pgrelay._saga_compile(v_fn, v_def)
+             WHERE d.saga_type = v_latest.saga_type AND d.version = v_latest.version;
+        END IF;
         RETURN v_latest.version;
     END IF;
-    INSERT INTO pgrelay.saga_definitions (saga_type, version, definition)
-    VALUES (saga_define.saga_type, coalesce(v_latest.version, 0) + 1, v_def);
+    INSERT INTO pgrelay.saga_definitions (saga_type, version, definition, steps)
+    VALUES (saga_define.saga_type, coalesce(v_latest.version, 0) + 1, v_def, pgrelay._saga_compile(v_fn, v_def));
     RETURN coalesce(v_latest.version, 0) + 1;
 END;
 $$;
