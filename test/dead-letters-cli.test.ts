@@ -15,7 +15,7 @@ t.test('dead-letters list, retry and discard', async (t) => {
   const db = await freshDatabase(t);
   const cli = (...args: string[]): Promise<Run> =>
     new Promise((resolve) => {
-      execFile(process.execPath, [CLI, ...args, '--database-url', db.connectionString], { timeout: 30_000 }, (error, stdout, stderr) => {
+      execFile(process.execPath, [CLI, ...args, '--database-url', db.connectionString], { timeout: 90_000 }, (error, stdout, stderr) => {
         resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : -1, stdout, stderr });
       });
     });

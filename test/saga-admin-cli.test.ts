@@ -14,8 +14,9 @@ const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'bin', '
 type Run = { code: number; stdout: string; stderr: string };
 const cli = (url: string, ...args: string[]): Promise<Run> =>
   new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { env: childEnv({ DATABASE_URL: url }), timeout: 30_000 }, (error, stdout, stderr) => {
-      resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1, stdout, stderr });
+    execFile(process.execPath, [CLI, ...args], { env: childEnv({ DATABASE_URL: url }), timeout: 90_000 }, (error, stdout, stderr) => {
+      const killed = error !== null && error.killed ? `\n(killed after the 90 s limit: ${error.signal})` : '';
+      resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1, stdout, stderr: stderr + killed });
     });
   });
 
