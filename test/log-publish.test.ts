@@ -170,6 +170,35 @@ t.test('publish_batch returns ids in input order', async (t) => {
   t.same(stored.map((r) => r.type), ['a', 'b'], 'SQL publish_batch: key and metadata are optional');
 });
 
+t.test('message ids: version-8 uuids that carry the position, distinct, the same in every writer', async (t) => {
+  const db = await freshDatabase(t);
+  await query(db.connectionString, 'CREATE TABLE public.accounts (id integer PRIMARY KEY, owner text NOT NULL)');
+  await query(db.connectionString, `SELECT pgrelay.cdc_enable('public.accounts')`);
+  const pgc = await connect(t, db.connectionString, 'publish-ids');
+  // setseed makes random() repeat: the ids must stay distinct through their positions.
+  for (let round = 0; round < 2; round++) {
+    await pgc.query('BEGIN');
+    await pgc.query('SELECT setseed(0.5)');
+    await pgc.query(`SELECT pgrelay.publish('orders', 'k' || g, 'e', '{}') FROM generate_series(1, 50) g`);
+    await pgc.query(`SELECT pgrelay.publish_batch(jsonb_agg(jsonb_build_object('topic', 'orders', 'type', 'b', 'data', g))) FROM generate_series(1, 50) g`);
+    await pgc.query(`INSERT INTO public.accounts SELECT g + ${round * 100}, 'o' FROM generate_series(1, 20) g`);
+    await pgc.query(`UPDATE public.accounts SET owner = 'p' WHERE id <= ${round * 100 + 5}`);
+    await pgc.query(`DELETE FROM public.accounts WHERE id = ${round * 100 + 1}`);
+    await pgc.query('COMMIT');
+  }
+  await query(db.connectionString, `SELECT pgrelay.cdc_snapshot('public.accounts')`);
+  const rows = await query<{ id: string; position: string; type: string }>(
+    db.connectionString,
+    `SELECT id::text AS id, position::text AS position, type FROM pgrelay.messages ORDER BY position`,
+  );
+  t.ok(rows.length > 250, `${rows.length} messages from publish, publish_batch, CDC and snapshot`);
+  t.same([...new Set(rows.map((r) => r.type))].sort(), ['b', 'delete', 'e', 'insert', 'snapshot', 'update'], 'every writer took part');
+  t.equal(new Set(rows.map((r) => r.id)).size, rows.length, 'every id is distinct');
+  const v8 = /^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+  const bad = rows.filter((r) => !v8.test(r.id) || BigInt(`0x${r.id.slice(19).replace('-', '')}`) !== (BigInt(r.position) | (1n << 63n)));
+  t.same(bad, [], 'each id is an RFC 9562 version-8 uuid whose last 62 bits are its position');
+});
+
 t.test('read filters by topic: exact names and prefixes ending in *', async (t) => {
   const db = await freshDatabase(t);
   const client = await clientFor(t, db.connectionString);

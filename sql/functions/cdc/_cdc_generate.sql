@@ -30,6 +30,7 @@ DECLARE
     v_img_old   text;
     v_changed   text;
     v_insert    text;
+    v_close     text;
     v_body      text;
     v_part      regclass;
     v_trig      record;
@@ -93,7 +94,11 @@ BEGIN
         v_img_new := format('pgrelay._cdc_image(to_jsonb(n.*), %L, %L)', v_exclude, v_mask);
         v_img_old := format('pgrelay._cdc_image(to_jsonb(o.*), %L, %L)', v_exclude, v_mask);
     END IF;
-    v_insert := 'INSERT INTO pgrelay.messages (position, xid, next_xid, id, topic, key, type, data, metadata) ';
+    -- Every message's id comes from its position (pgrelay._message_id, far cheaper than
+    -- gen_random_uuid()): the SELECT that takes the positions is wrapped in one that adds the ids.
+    v_insert := 'INSERT INTO pgrelay.messages (position, xid, next_xid, id, topic, key, type, data, metadata) '
+                'SELECT m.p, m.x, m.nx, pgrelay._message_id(m.p), m.t, m.k, m.ty, m.d, m.md FROM (';
+    v_close := ') AS m(p, x, nx, t, k, ty, d, md)';
 
     -- The source is passed as a literal (%L), so no column name can end a dollar quote.
     v_body := format($f$
@@ -121,13 +126,14 @@ BEGIN
                                  'schema', %3$L, 'table', %4$L, 'captured_at', now());
     IF TG_OP = 'INSERT' THEN
         %5$s
-        SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, gen_random_uuid(), %6$L,
+        SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, %6$L,
                %7$s, 'insert', jsonb_build_object('before', NULL, 'after', %8$s, 'changed', NULL), v_meta
-        FROM pgrelay_new AS n;
+        FROM pgrelay_new AS n
+        %17$s;
     ELSIF TG_OP = 'UPDATE' THEN
         -- changed compares the captured columns one by one (generated list, see _cdc_generate).
         %5$s
-        SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, gen_random_uuid(), %6$L,
+        SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, %6$L,
                coalesce(r.n_key, r.o_key),
                CASE WHEN r.o_key IS NULL THEN 'insert' WHEN r.n_key IS NULL THEN 'delete' ELSE 'update' END,
                jsonb_build_object('before', r.o_img, 'after', r.n_img, 'changed', to_jsonb(r.changed)), v_meta
@@ -138,19 +144,22 @@ BEGIN
                      CASE WHEN o.%9$s IS NOT NULL AND n.%9$s IS NOT NULL THEN %13$s END AS changed
               FROM pgrelay_old AS o FULL JOIN pgrelay_new AS n ON %12$s
               %14$s) AS r
-        %16$s;
+        %16$s
+        %17$s;
     ELSIF TG_OP = 'DELETE' THEN
         %5$s
-        SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, gen_random_uuid(), %6$L,
+        SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, %6$L,
                %10$s, 'delete', jsonb_build_object('before', %11$s, 'after', NULL, 'changed', NULL), v_meta
-        FROM pgrelay_old AS o;
+        FROM pgrelay_old AS o
+        %17$s;
     ELSIF TG_OP = 'TRUNCATE' AND TG_WHEN = 'BEFORE' THEN
-        EXECUTE %15$L || TG_RELID::regclass::text || ' AS o'
+        EXECUTE %15$L || TG_RELID::regclass::text || ' AS o' || %17$L
         USING v_xid, v_next_xid, v_meta || jsonb_build_object('partition_truncated', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
     ELSIF TG_OP = 'TRUNCATE' THEN
         %5$s
-        VALUES (nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, gen_random_uuid(), %6$L,
-                NULL, 'truncate', jsonb_build_object('before', NULL, 'after', NULL, 'changed', NULL), v_meta);
+        SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, %6$L,
+               NULL, 'truncate', jsonb_build_object('before', NULL, 'after', NULL, 'changed', NULL), v_meta
+        %17$s;
     END IF;
     IF (SELECT d.armed FROM pgrelay.doorbell d) THEN
         PERFORM pgrelay._ring_doorbell(%6$L);
@@ -160,10 +169,11 @@ END;
 $f$, v_fn, p_relid, v_schema, v_table, v_insert, v_cfg.topic, v_key_new, v_img_new, v_cols[1], v_key_old,
        v_img_old, v_join, v_changed,
        CASE WHEN v_cfg.skip_unchanged THEN 'OFFSET 0' ELSE '' END,
-       format($q$%s SELECT nextval('pgrelay.message_position_seq'), $1, $2, gen_random_uuid(), %L, %s, 'delete',
+       format($q$%s SELECT nextval('pgrelay.message_position_seq'), $1, $2, %L, %s, 'delete',
                   jsonb_build_object('before', %s, 'after', NULL, 'changed', NULL), $3 FROM $q$,
               v_insert, v_cfg.topic, v_key_old, v_img_old),
-       CASE WHEN v_cfg.skip_unchanged THEN 'WHERE r.changed IS NULL OR cardinality(r.changed) > 0' ELSE '' END);
+       CASE WHEN v_cfg.skip_unchanged THEN 'WHERE r.changed IS NULL OR cardinality(r.changed) > 0' ELSE '' END,
+       v_close);
     -- jit = off: a bulk statement's estimates (transition tables have no statistics) made JIT
     -- compile for longer than the capture itself took.
     EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SET jit = off AS %L', v_fn, v_body);

@@ -83,10 +83,12 @@ BEGIN
             FOR SHARE OF t
         ), written AS (
             INSERT INTO pgrelay.messages (position, xid, next_xid, id, topic, key, type, data, metadata)
-            SELECT nextval('pgrelay.message_position_seq'), pg_current_xact_id(), pgrelay._next_xid(), gen_random_uuid(),
-                   $3, %4$s, 'snapshot', jsonb_build_object('before', NULL, 'after', %5$s, 'changed', NULL), $4
-            FROM chunk AS t
-            ORDER BY %3$s
+            SELECT m.position, pg_current_xact_id(), pgrelay._next_xid(), pgrelay._message_id(m.position),
+                   $3, m.key, 'snapshot', m.data, $4
+            FROM (SELECT nextval('pgrelay.message_position_seq') AS position, %4$s AS key,
+                         jsonb_build_object('before', NULL, 'after', %5$s, 'changed', NULL) AS data
+                  FROM chunk AS t
+                  ORDER BY %3$s) AS m
             RETURNING 1
         )
         SELECT (SELECT count(*) FROM written),

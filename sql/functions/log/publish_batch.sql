@@ -66,13 +66,16 @@ BEGIN
     END IF;
 
     v_next_xid := pgrelay._next_xid();
+    -- Positions in array order (a volatile output column is computed after the sort), and each
+    -- id from its position (pgrelay._message_id).
     WITH input AS (
-        SELECT e, n, gen_random_uuid() AS id
-        FROM jsonb_array_elements(publish_batch.messages) WITH ORDINALITY AS t(e, n)
-        ORDER BY n
+        SELECT p.e, p.n, p.position, pgrelay._message_id(p.position) AS id
+        FROM (SELECT e, n, nextval('pgrelay.message_position_seq') AS position
+              FROM jsonb_array_elements(publish_batch.messages) WITH ORDINALITY AS t(e, n)
+              ORDER BY n) AS p
     ), inserted AS (
         INSERT INTO pgrelay.messages (position, xid, next_xid, id, topic, key, type, data, metadata)
-        SELECT nextval('pgrelay.message_position_seq'), pg_current_xact_id(), v_next_xid, i.id,
+        SELECT i.position, pg_current_xact_id(), v_next_xid, i.id,
                i.e ->> 'topic', i.e ->> 'key', i.e ->> 'type', i.e -> 'data', coalesce(i.e -> 'metadata', '{}')
         FROM input i
         ORDER BY i.n
