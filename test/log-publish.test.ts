@@ -170,10 +170,12 @@ t.test('publish_batch returns ids in input order', async (t) => {
   t.same(stored.map((r) => r.type), ['a', 'b'], 'SQL publish_batch: key and metadata are optional');
 });
 
-t.test('message ids: version-8 uuids that carry the position, distinct, the same in every writer', async (t) => {
+t.test('message ids: version-8 uuids that carry the position, distinct, the same in every writer (publish, batch, CDC, snapshot, streams, sagas)', async (t) => {
   const db = await freshDatabase(t);
   await query(db.connectionString, 'CREATE TABLE public.accounts (id integer PRIMARY KEY, owner text NOT NULL)');
   await query(db.connectionString, `SELECT pgrelay.cdc_enable('public.accounts')`);
+  await query(db.connectionString, `CREATE FUNCTION public.noop(input jsonb, context jsonb) RETURNS jsonb LANGUAGE sql AS 'SELECT ''{}''::jsonb'`);
+  await query(db.connectionString, `SELECT pgrelay.saga_define('ids.saga', '{"steps": [{"name": "only", "action": {"sql": "public.noop"}}]}')`);
   const pgc = await connect(t, db.connectionString, 'publish-ids');
   // setseed makes random() repeat: the ids must stay distinct through their positions.
   for (let round = 0; round < 2; round++) {
@@ -184,6 +186,8 @@ t.test('message ids: version-8 uuids that carry the position, distinct, the same
     await pgc.query(`INSERT INTO public.accounts SELECT g + ${round * 100}, 'o' FROM generate_series(1, 20) g`);
     await pgc.query(`UPDATE public.accounts SET owner = 'p' WHERE id <= ${round * 100 + 5}`);
     await pgc.query(`DELETE FROM public.accounts WHERE id = ${round * 100 + 1}`);
+    await pgc.query(`SELECT pgrelay.stream_append('account.${round}', 'a', '[{"type": "opened", "data": {}}, {"type": "closed", "data": {}}]')`);
+    await pgc.query(`SELECT pgrelay.saga_start('ids.saga', '{}') FROM generate_series(1, 3)`);
     await pgc.query('COMMIT');
   }
   await query(db.connectionString, `SELECT pgrelay.cdc_snapshot('public.accounts')`);
@@ -191,8 +195,11 @@ t.test('message ids: version-8 uuids that carry the position, distinct, the same
     db.connectionString,
     `SELECT id::text AS id, position::text AS position, type FROM pgrelay.messages ORDER BY position`,
   );
-  t.ok(rows.length > 250, `${rows.length} messages from publish, publish_batch, CDC and snapshot`);
-  t.same([...new Set(rows.map((r) => r.type))].sort(), ['b', 'delete', 'e', 'insert', 'snapshot', 'update'], 'every writer took part');
+  t.ok(rows.length > 250, `${rows.length} messages from publish, publish_batch, CDC, snapshot, stream_append and saga_start`);
+  const types = new Set(rows.map((r) => r.type));
+  for (const type of ['b', 'delete', 'e', 'insert', 'snapshot', 'update', 'opened', 'closed', 'saga.started', 'saga.step_succeeded', 'saga.completed']) {
+    t.ok(types.has(type), `the writer of ${type} messages took part`);
+  }
   t.equal(new Set(rows.map((r) => r.id)).size, rows.length, 'every id is distinct');
   const v8 = /^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
   const bad = rows.filter((r) => !v8.test(r.id) || BigInt(`0x${r.id.slice(19).replace('-', '')}`) !== (BigInt(r.position) | (1n << 63n)));

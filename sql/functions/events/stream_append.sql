@@ -70,11 +70,13 @@ BEGIN
 
     v_next_xid := pgrelay._next_xid();
     INSERT INTO pgrelay.messages (position, xid, next_xid, id, topic, key, type, data, metadata, stream_version)
-    SELECT nextval('pgrelay.message_position_seq'), pg_current_xact_id(), v_next_xid, gen_random_uuid(),
-           stream_append.topic, stream_append.key, e ->> 'type', e -> 'data', coalesce(e -> 'metadata', '{}'),
-           v_current + n
-    FROM jsonb_array_elements(stream_append.events) WITH ORDINALITY AS t(e, n)
-    ORDER BY n;
+    SELECT p.position, pg_current_xact_id(), v_next_xid, pgrelay._message_id(p.position),
+           stream_append.topic, stream_append.key, p.e ->> 'type', p.e -> 'data', coalesce(p.e -> 'metadata', '{}'),
+           v_current + p.n
+    FROM (SELECT nextval('pgrelay.message_position_seq') AS position, t.e, t.n
+          FROM jsonb_array_elements(stream_append.events) WITH ORDINALITY AS t(e, n)
+          ORDER BY t.n) AS p
+    ORDER BY p.n;
 
     PERFORM pgrelay._ring_doorbell(stream_append.topic);
     RETURN v_current + v_count;

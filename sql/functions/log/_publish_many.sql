@@ -30,11 +30,16 @@ BEGIN
         END IF;
     END LOOP;
     v_next_xid := pgrelay._next_xid();
+    -- Ids from positions (pgrelay._message_id), as publish makes them.
     INSERT INTO pgrelay.messages (position, xid, next_xid, id, topic, key, type, data, metadata)
-    SELECT nextval('pgrelay.message_position_seq'), pg_current_xact_id(), v_next_xid, gen_random_uuid(),
-           p_topic, p_key, m.type, m.data, '{}'
-    FROM unnest(p_types, p_data) WITH ORDINALITY AS m(type, data, n)
-    ORDER BY m.n;
-    PERFORM pgrelay._ring_doorbell(p_topic);
+    SELECT p.position, pg_current_xact_id(), v_next_xid, pgrelay._message_id(p.position),
+           p_topic, p_key, p.type, p.data, '{}'
+    FROM (SELECT nextval('pgrelay.message_position_seq') AS position, m.type, m.data, m.n
+          FROM unnest(p_types, p_data) WITH ORDINALITY AS m(type, data, n)
+          ORDER BY m.n) AS p
+    ORDER BY p.n;
+    IF (SELECT d.armed FROM pgrelay.doorbell d) THEN
+        PERFORM pgrelay._ring_doorbell(p_topic);
+    END IF;
 END;
 $$;
