@@ -150,11 +150,19 @@ export function fetchBatch(connection: CommonQueryMethods, subscription: string,
 
 const voidSchema = z.object({}).passthrough();
 
+/**
+ * Acknowledges a batch. Its commit does not wait for the WAL flush (synchronous_commit off for
+ * this one statement's transaction): an acknowledgement lost in a server crash only means the
+ * batch is delivered again once its lease expires, which at-least-once allows, and the fencing
+ * token stays safe because every lease (fetch_batch) is still committed durably, and WAL is
+ * flushed in order, so a durable lease taken after this acknowledgement makes it durable too.
+ */
 export function completeBatch(connection: CommonQueryMethods, first: Delivery, outcome: BatchOutcome) {
   return mapErrors(async () => {
     await connection.query(sql.type(voidSchema)`
-      SELECT pgrelay.complete_batch(${first.subscription}, ${first.partition}, ${first.leaseToken},
-        ${sql.array(outcome.acked, 'int8')}, ${sql.array(outcome.failed, 'int8')}, ${sql.array(outcome.errors, 'text')})`);
+      SELECT set_config('synchronous_commit', 'off', true),
+             pgrelay.complete_batch(${first.subscription}, ${first.partition}, ${first.leaseToken},
+               ${sql.array(outcome.acked, 'int8')}, ${sql.array(outcome.failed, 'int8')}, ${sql.array(outcome.errors, 'text')})`);
   });
 }
 
@@ -195,7 +203,9 @@ export function createIdleWait(connection: CommonQueryMethods, waker: Waker | un
       if (watermark === null) {
         settled = false;
         backoffMs = 1;
-        await connection.query(sql.type(voidSchema)`SELECT pgrelay.doorbell_arm()`);
+        // Not waiting for the WAL flush: the protocol needs the arming visible, not durable; one lost in a
+        // crash is made good by the waker, whose reconnect wakes every loop (and they arm again).
+        await connection.query(sql.type(voidSchema)`SELECT set_config('synchronous_commit', 'off', true), pgrelay.doorbell_arm()`);
         watermark = await connection.oneFirst(sql.type(z.object({ w: z.string() }))`SELECT pgrelay.doorbell_watermark()::text AS w`);
         return; // fetch once more right after arming
       }

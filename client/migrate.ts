@@ -107,6 +107,9 @@ async function installFunctions(client: pg.Client): Promise<{ functions: number;
     for (const file of files) {
       await installFile(client, file);
     }
+    // Capture functions are generated code: regenerate them, so a table captured by an older
+    // pgrelay runs this version's capture (its fixes, its message ids), not the one it was enabled with.
+    await client.query('SELECT pgrelay._cdc_generate(c.relid) FROM pgrelay.cdc_tables c ORDER BY c.relid');
     // CREATE OR REPLACE rewrites each catalog row, so a function untouched by this transaction
     // (its row older than our xid; files ran in subtransactions, whose xids are younger) is one
     // whose file is gone or whose signature changed: drop it.
