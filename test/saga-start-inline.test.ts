@@ -6,8 +6,8 @@
 // next_xid bounds; and that definitions saved before migration 008 (no compiled steps) still start.
 import t, { type Test } from 'tap';
 import { type PgrelayClient } from '../client/index.ts';
-import { freshDatabase, query } from './helpers/db.ts';
-import { newClient, stepStates, waitForSaga } from './fixtures/sagas.ts';
+import { query } from './helpers/db.ts';
+import { ledger, sagaDatabase, stepStates, waitForSaga } from './fixtures/sagas.ts';
 
 const SETUP = `
   CREATE TABLE public.ledger (id bigserial PRIMARY KEY, saga_id uuid NOT NULL, entry text NOT NULL);
@@ -36,14 +36,7 @@ const SETUP = `
   END $$;
 `;
 
-async function setup(t: Test): Promise<{ client: PgrelayClient; url: string }> {
-  const db = await freshDatabase(t);
-  await query(db.connectionString, SETUP);
-  return { client: await newClient(t, db.connectionString), url: db.connectionString };
-}
-
-const ledger = async (url: string, sagaId: string): Promise<string[]> =>
-  (await query<{ entry: string }>(url, 'SELECT entry FROM public.ledger WHERE saga_id = $1 ORDER BY id', [sagaId])).map((r) => r.entry);
+const setup = (t: Test): Promise<{ client: PgrelayClient; url: string }> => sagaDatabase(t, SETUP);
 
 type Event = { type: string; data: Record<string, unknown>; xid: string; next_xid: string | null; position: string };
 const events = async (url: string, sagaId: string): Promise<Event[]> =>

@@ -15,8 +15,8 @@ import {
   type PgrelayClient,
   type SagaDefinitionJson,
 } from '../client/index.ts';
-import { freshDatabase, query } from './helpers/db.ts';
-import { newClient, sleep, stepStates, waitForSaga } from './fixtures/sagas.ts';
+import { query } from './helpers/db.ts';
+import { ledger, sagaDatabase, sleep, stepStates, waitForSaga } from './fixtures/sagas.ts';
 
 const NO_BACKOFF = { initial_ms: 0, max_ms: 0, jitter: 0 };
 
@@ -43,14 +43,7 @@ const SETUP = `
   END $$;
 `;
 
-async function setup(t: Test): Promise<{ client: PgrelayClient; url: string }> {
-  const db = await freshDatabase(t);
-  await query(db.connectionString, SETUP);
-  return { client: await newClient(t, db.connectionString), url: db.connectionString };
-}
-
-const ledger = async (url: string, sagaId: string): Promise<string[]> =>
-  (await query<{ entry: string }>(url, 'SELECT entry FROM public.ledger WHERE saga_id = $1 ORDER BY id', [sagaId])).map((r) => r.entry);
+const setup = (t: Test): Promise<{ client: PgrelayClient; url: string }> => sagaDatabase(t, SETUP);
 
 async function failure(run: () => Promise<unknown>): Promise<unknown> {
   try {
