@@ -80,8 +80,14 @@ async function resetTarget(url: string): Promise<void> {
   });
 }
 
-async function rowCount(url: string): Promise<number> {
-  return withPg(url, async (c) => Number((await c.query<{ n: string }>('SELECT count(*)::text AS n FROM public.user_snapshots')).rows[0]!.n));
+/** Count and md5 of every row in key order: the target must equal the source's projection exactly. */
+async function fingerprint(url: string, table: string): Promise<string> {
+  return withPg(url, async (c) => {
+    const { rows } = await c.query<{ f: string }>(
+      `SELECT count(*) || ':' || coalesce(md5(string_agg(concat_ws('|', id, username, email, version), ',' ORDER BY id)), '') AS f FROM ${table}`,
+    );
+    return rows[0]!.f;
+  });
 }
 
 async function sameDatabase(sourceUrl: string, batch: number): Promise<{ ms: number; written: number }> {
@@ -181,7 +187,7 @@ const suite: BenchSuite = {
     process.env.PGRELAY_BENCH_SYNC_TARGET = targetUrl;
     const changes = await fillSource(sourceUrl, keys, wanted);
     log(`sync: backlog of ${changes} CDC changes over ${keys} keys`);
-    const expectedRows = await withPg(sourceUrl, async (c) => Number((await c.query<{ n: string }>('SELECT count(*)::text AS n FROM public.users')).rows[0]!.n));
+    const expected = await fingerprint(sourceUrl, 'public.users');
 
     const runs: Run[] = [];
     const record = (peer: string, batch: number, n: number, written: number, ms: number): void => {
@@ -191,12 +197,12 @@ const suite: BenchSuite = {
     };
     for (const batch of batches) {
       const same = await sameDatabase(sourceUrl, batch);
-      const sameRows = await withPg(sourceUrl, async (c) => Number((await c.query<{ n: string }>('SELECT count(*)::text AS n FROM public.user_snapshots')).rows[0]!.n));
-      if (sameRows !== expectedRows) throw new Error(`same-database sync ended with ${sameRows} rows, source has ${expectedRows}`);
+      const sameRows = await fingerprint(sourceUrl, 'public.user_snapshots');
+      if (sameRows !== expected) throw new Error(`same-database sync ended with rows ${sameRows}, source has ${expected} (count:md5)`);
       record('same-database batch apply', batch, changes, same.written, same.ms);
       const cross = await crossDatabase(sourceUrl, targetUrl, batch);
-      const crossRows = await rowCount(targetUrl);
-      if (crossRows !== expectedRows) throw new Error(`cross-database sync ended with ${crossRows} rows, source has ${expectedRows}`);
+      const crossRows = await fingerprint(targetUrl, 'public.user_snapshots');
+      if (crossRows !== expected) throw new Error(`cross-database sync ended with rows ${crossRows}, source has ${expected} (count:md5)`);
       record('cross-database batch apply', batch, changes, cross.written, cross.ms);
     }
     const limit = 5_000; // enough for a stable rate at one commit per change
