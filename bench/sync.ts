@@ -60,6 +60,12 @@ async function lastCursor(url: string): Promise<{ xid: string; position: string 
   });
 }
 
+/** Whether a checkpoint is at or past a cursor (a short batch moves it to the read horizon, past the last message). */
+function passed(at: { xid: string; position: string }, last: { xid: string; position: string }): boolean {
+  const [ax, lx] = [BigInt(at.xid), BigInt(last.xid)];
+  return ax > lx || (ax === lx && BigInt(at.position) >= BigInt(last.position));
+}
+
 async function defineSync(sourceUrl: string, name: string, env: string | null): Promise<void> {
   const target = { table: 'public.user_snapshots', key_columns: ['id'], columns: COLUMNS, ...(env === null ? {} : { database_env: env }) };
   await withPg(sourceUrl, async (c) => {
@@ -103,7 +109,7 @@ async function sameDatabase(sourceUrl: string, batch: number): Promise<{ ms: num
       for (;;) {
         written += (await c.query<{ n: number }>('SELECT pgrelay.sync_run($1, $2) AS n', ['local', batch])).rows[0]!.n;
         const at = (await c.query<{ x: string; p: string }>(`SELECT cursor_xid::text AS x, cursor_position::text AS p FROM pgrelay.sync_checkpoints WHERE name = 'local'`)).rows[0];
-        if (at?.x === last.xid && at.p === last.position) return written;
+        if (at !== undefined && passed({ xid: at.x, position: at.p }, last)) return written;
       }
     }),
   );
@@ -121,7 +127,7 @@ async function crossDatabase(sourceUrl: string, targetUrl: string, batch: number
     const { ms, value } = await timed(async () => {
       let written = 0;
       // runSyncStep reports each applied batch's cursor back into `sync` (pgrelay.sync_progress).
-      while (!(sync!.applied_xid === last.xid && sync!.applied_position === last.position)) {
+      while (!passed({ xid: sync!.applied_xid, position: sync!.applied_position }, last)) {
         written += await runSyncStep(source, target, sync!, batch);
       }
       return written;

@@ -11,6 +11,7 @@
 --   - cdc format: insert/update/snapshot upsert `after`, delete removes by `before`, truncate
 --     empties the target (per its delete mode). event format: data is the row; types listed in
 --     target.delete_types delete.
+--   - An empty array moves the checkpoint only (the source's walk passed other topics' messages).
 -- Returns how many row changes it applied.
 CREATE OR REPLACE FUNCTION pgrelay.sync_apply(
     name          text,
@@ -89,6 +90,13 @@ BEGIN
             MESSAGE = format('%s: argument from_position: the checkpoint of sync %L is at (%s, %s), not (%s, %s): another applier moved it',
                              v_fn, sync_apply.name, v_cp.cursor_xid, v_cp.cursor_position, sync_apply.from_xid, sync_apply.from_position),
             COLUMN = 'from_position';
+    END IF;
+
+    -- An empty batch only moves the checkpoint: the source walk passed messages of other topics.
+    IF jsonb_array_length(sync_apply.messages) = 0 THEN
+        UPDATE pgrelay.sync_checkpoints c SET cursor_xid = sync_apply.to_xid, cursor_position = sync_apply.to_position
+         WHERE c.name = sync_apply.name;
+        RETURN 0;
     END IF;
 
     v_keys := ARRAY(SELECT jsonb_array_elements_text(target -> 'key_columns'));

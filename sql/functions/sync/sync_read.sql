@@ -5,6 +5,10 @@
 -- without decoding it.
 -- key_fields (CDC only): the source fields the target key is built from; an update that changes
 -- none of them travels without its before image (sync_apply needs it only for key changes).
+-- A short batch (fewer than max_messages) means the walk passed every message below the horizon,
+-- so the cursor moves to (horizon, 0) even past the last message returned, or with none returned:
+-- a sync of a rare topic in a busy log does not rescan other topics' messages on every read. The
+-- horizon is taken before the walk, whose own horizon can only be the same or later.
 CREATE OR REPLACE FUNCTION pgrelay.sync_read(topics text[], after_xid xid8, after_position bigint, max_messages integer DEFAULT 2000,
                                              key_fields text[] DEFAULT NULL,
                                              OUT messages_count integer, OUT messages text, OUT to_xid xid8, OUT to_position bigint)
@@ -12,7 +16,8 @@ LANGUAGE plpgsql
 STABLE
 AS $$
 DECLARE
-    v_fn    constant text := 'pgrelay.sync_read';
+    v_fn      constant text := 'pgrelay.sync_read';
+    v_horizon xid8 := pg_snapshot_xmin(pg_current_snapshot());
 BEGIN
     PERFORM pgrelay._check_topic_patterns(v_fn, 'topics', sync_read.topics);
     IF sync_read.after_xid IS NULL THEN
@@ -41,5 +46,10 @@ BEGIN
            (SELECT l.position FROM b AS l ORDER BY l.xid DESC, l.position DESC LIMIT 1)
       INTO messages_count, messages, to_xid, to_position
       FROM b;
+    IF messages_count < sync_read.max_messages
+       AND (v_horizon, 0::bigint) > (coalesce(to_xid, sync_read.after_xid), coalesce(to_position, sync_read.after_position)) THEN
+        to_xid := v_horizon;
+        to_position := 0;
+    END IF;
 END;
 $$;

@@ -1,6 +1,9 @@
 -- pgrelay.sync_run(name, max_messages): for a sync whose target is in this database, read the
 -- next gapless batch after its checkpoint and apply it, all in this transaction. Returns how
 -- many row changes it applied (0: nothing new). Cross-database syncs are run by the daemon.
+-- As in pgrelay.sync_read, a short batch moves the checkpoint to the read horizon; with no
+-- change at all it does so only once the horizon is 1,000 transactions ahead (one checkpoint
+-- write per idle call would be a write for nothing).
 CREATE OR REPLACE FUNCTION pgrelay.sync_run(name text, max_messages integer DEFAULT 1000)
 RETURNS integer
 LANGUAGE plpgsql
@@ -13,6 +16,8 @@ DECLARE
     v_messages    jsonb;
     v_to_xid      xid8;
     v_to_position bigint;
+    v_count       integer;
+    v_horizon     xid8 := pg_snapshot_xmin(pg_current_snapshot());
     v_key_fields  text[];
     v_applied integer;
 BEGIN
@@ -37,7 +42,8 @@ BEGIN
     WITH b AS MATERIALIZED (
         SELECT * FROM pgrelay._sync_walk(v_sync.topics, v_cp.cursor_xid, v_cp.cursor_position, sync_run.max_messages)
     )
-    SELECT jsonb_agg(jsonb_build_object('position', b.position, 'type', b.type,
+    SELECT count(*)::integer,
+           jsonb_agg(jsonb_build_object('position', b.position, 'type', b.type,
                                         'data', CASE WHEN b.type = 'update' AND v_key_fields IS NOT NULL
                                                           AND NOT EXISTS (SELECT 1 FROM unnest(v_key_fields) AS k
                                                                           WHERE b.data -> 'before' -> k IS DISTINCT FROM b.data -> 'after' -> k)
@@ -47,12 +53,19 @@ BEGIN
                      ORDER BY b.position),
            (SELECT l.xid FROM b AS l ORDER BY l.xid DESC, l.position DESC LIMIT 1),
            (SELECT l.position FROM b AS l ORDER BY l.xid DESC, l.position DESC LIMIT 1)
-      INTO v_messages, v_to_xid, v_to_position
+      INTO v_count, v_messages, v_to_xid, v_to_position
       FROM b;
-    IF v_messages IS NULL THEN
+    IF v_count < sync_run.max_messages
+       AND (v_horizon, 0::bigint) > (coalesce(v_to_xid, v_cp.cursor_xid), coalesce(v_to_position, v_cp.cursor_position)) THEN
+        IF v_messages IS NULL AND v_horizon::text::numeric - v_cp.cursor_xid::text::numeric < 1000 THEN
+            RETURN 0;
+        END IF;
+        v_to_xid := v_horizon;
+        v_to_position := 0;
+    ELSIF v_messages IS NULL THEN
         RETURN 0;
     END IF;
-    v_applied := pgrelay.sync_apply(sync_run.name, v_sync.target, v_messages,
+    v_applied := pgrelay.sync_apply(sync_run.name, v_sync.target, coalesce(v_messages, '[]'),
                                     v_cp.cursor_xid, v_cp.cursor_position, v_to_xid, v_to_position, v_sync.source_format);
     PERFORM pgrelay.sync_progress(sync_run.name, v_to_xid, v_to_position);
     RETURN v_applied;
