@@ -1,9 +1,10 @@
+import pg from 'pg';
 import { sql, type CommonQueryMethods, type DatabasePool } from 'slonik';
 import { createPgrelayPool, type PoolOptions } from './pool.js';
 import { horizonStall, publish, publishMany, read, versionSchema, type HorizonStall, type ReadOptions } from './log.js';
 import type { Cursor, Message, PublishInput, PublishOptions } from './schemas.js';
 import { subscriptionMethods, type SubscriptionMethods } from './subscriptions.js';
-import { consume, type ConsumeOptions, type Consumer, type Handler } from './consume.js';
+import { consume, type ConsumeOptions, type Consumer, type Handler, type PgQueryable } from './consume.js';
 import { createWaker, type Waker } from './waker.js';
 import { syncMethods, type SyncMethods } from './sync.js';
 import { inboxMethods, type InboxMethods } from './inbox.js';
@@ -69,6 +70,7 @@ function bind(
   connection: CommonQueryMethods,
   end: () => Promise<void>,
   waker: () => Promise<Waker | undefined> = async () => undefined,
+  loopPool: () => PgQueryable | undefined = () => undefined,
 ): PgrelayClient {
   const client: PgrelayClient = {
     connection,
@@ -82,6 +84,7 @@ function bind(
     consume: async (subscription: string, handler: Handler | InboxHandler, options: ConsumeOptions & { inbox?: boolean } = {}) =>
       consume(connection, subscription, options.inbox === true ? createInboxHandler(connection, subscription, handler) : (handler as Handler), {
         waker: options.waker ?? (await waker()),
+        pgPool: options.pgPool ?? loopPool(),
         ...options,
       }),
     inbox: inboxMethods(connection),
@@ -99,6 +102,21 @@ function bind(
 }
 
 /**
+ * The node-postgres pool consumer loops use for fetch/complete/doorbell statements: as large as
+ * the slonik pool, connections made on first use. An idle connection that dies is dropped by the
+ * pool ('error' is reported there, and the next query opens a new connection).
+ */
+export function createLoopPool(connectionString: string, options: PoolOptions = {}): pg.Pool {
+  const loopPool = new pg.Pool({
+    connectionString,
+    application_name: options.applicationName ?? 'pgrelay-consume',
+    max: options.maximumPoolSize ?? 10,
+  });
+  loopPool.on('error', () => {});
+  return loopPool;
+}
+
+/**
  * createClient({ connectionString }) makes its own pool (closed by end());
  * createClient({ pool }) or createClient({ connection }) uses yours (a pool or a transaction).
  */
@@ -107,13 +125,18 @@ export async function createClient(options: ClientOptions): Promise<PgrelayClien
     const pool = await createPgrelayPool(options.connectionString, options);
     let waker: Promise<Waker> | undefined;
     const getWaker = (): Promise<Waker> => (waker ??= createWaker(options.connectionString));
+    // consume()'s loops run their own statements on plain node-postgres (see ConsumeOptions.pgPool).
+    let loopPool: pg.Pool | undefined;
+    const getLoopPool = (): pg.Pool => (loopPool ??= createLoopPool(options.connectionString, options));
     return bind(
       pool,
       async () => {
         if (waker !== undefined) await (await waker).close();
+        await loopPool?.end();
         await pool.end();
       },
       getWaker,
+      getLoopPool,
     );
   }
   if ('pool' in options) return bind(options.pool, async () => {});

@@ -1,4 +1,4 @@
-export { createClient, type ClientOptions, type PgrelayClient } from './client.js';
+export { createClient, createLoopPool, type ClientOptions, type PgrelayClient } from './client.js';
 export { createPgrelayPool, createResultParserInterceptor, createTypeParsers } from './pool.js';
 export { migrate, migrationStatus, installScript, type MigrateOptions, type MigrateResult, type MigrationStatus } from './migrate.js';
 export { cursorAfter, read, publish, publishMany, horizonStall, type ReadOptions, type HorizonStall } from './log.js';
@@ -24,7 +24,7 @@ export {
   type PartitionLag,
   type DeadLetter,
 } from './subscriptions.js';
-export { startConsumer, deliverBatch, type Consumer, type ConsumeOptions, type Delivery, type Handler, type BatchOutcome } from './consume.js';
+export { startConsumer, deliverBatch, type Consumer, type ConsumeOptions, type Delivery, type Handler, type BatchOutcome, type PgQueryable } from './consume.js';
 export { createWaker, type Waker } from './waker.js';
 export { syncMethods, type SyncMethods, type SyncTarget, type SyncOptions, type SyncStatus } from './sync.js';
 export { inboxReceive, inboxExpire, inboxMethods, type InboxMethods, type InboxExpireOptions } from './inbox.js';

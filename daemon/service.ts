@@ -1,8 +1,10 @@
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
+import type pg from 'pg';
 import { sql, type DatabasePool } from 'slonik';
 import { z } from 'zod';
 import {
+  createLoopPool,
   createPgrelayPool,
   createWaker,
   migrationStatus,
@@ -72,6 +74,9 @@ export function createRelayService(options: RelayServiceOptions): RelayService {
   const healthTimeoutMs = options.healthTimeoutMs ?? 3000;
   const running = new Map<string, Running>();
   let pool: DatabasePool | undefined;
+  // The delivery loops' own statements (fetch, complete, doorbell) on plain node-postgres: see
+  // ConsumeOptions.pgPool. Sinks, drivers and the admin queries keep the slonik pool.
+  let loopPool: pg.Pool | undefined;
   let waker: Waker | undefined;
   let refreshTimer: NodeJS.Timeout | undefined;
   let lagTimer: NodeJS.Timeout | undefined;
@@ -95,6 +100,7 @@ export function createRelayService(options: RelayServiceOptions): RelayService {
     const deliverMany = subscription.sink.batch_publish === true ? sink.deliverMany?.bind(sink) : undefined;
     const started = startConsumer(db, subscription.name, (message, delivery) => sink.deliver(message, delivery), {
       consumer,
+      pgPool: loopPool,
       deliverBatch: deliverMany === undefined ? undefined : batchPublisher({ deliverMany }),
       concurrency: subscription.partitions,
       waker,
@@ -179,6 +185,10 @@ export function createRelayService(options: RelayServiceOptions): RelayService {
         maximumPoolSize: options.maximumPoolSize ?? 10,
         applicationName: 'pgrelay-daemon',
       });
+      loopPool = createLoopPool(options.connectionString, {
+        maximumPoolSize: options.maximumPoolSize ?? 10,
+        applicationName: 'pgrelay-daemon',
+      });
       waker = await createWaker(options.connectionString, {
         onError: (error) => log.warn({ err: String(error) }, 'listen connection error'),
         onReconnect: () => log.warn({}, 'listen connection lost: reconnecting'),
@@ -206,6 +216,7 @@ export function createRelayService(options: RelayServiceOptions): RelayService {
       await Promise.all([...running.keys()].map((name) => step(`stopping ${name}`, () => stopOne(name))));
       await step('drivers', () => drivers?.stop());
       await step('listen connection', () => waker?.close());
+      await step('loop pool', () => loopPool?.end());
       await step('pool', () => pool?.end());
       log.info({ consumer }, 'relay stopped');
     },

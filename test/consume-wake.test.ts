@@ -7,7 +7,10 @@
 // And fetch_batch's precheck: an empty fetch takes no lock and writes nothing.
 import t, { type Test } from 'tap';
 import type { CommonQueryMethods } from 'slonik';
-import { createClient, createWaker, startConsumer, type Message, type PgrelayClient, type Waker } from '../client/index.ts';
+import type pg from 'pg';
+import { createClient, createWaker, startConsumer, type Handler, type Message, type PgrelayClient, type Waker } from '../client/index.ts';
+import { createLoopPool } from '../client/client.ts';
+import type { PgQueryable } from '../client/consume.ts';
 import { connect, freshDatabase } from './helpers/db.ts';
 
 const SAFETY_POLL_MS = 60_000;
@@ -47,6 +50,33 @@ function hooked(connection: CommonQueryMethods, hooks: Hooks): CommonQueryMethod
   });
 }
 
+/**
+ * The same hooks on the node-postgres pool a consumer gets from createClient (ConsumeOptions.pgPool):
+ * `after` sees the rows, or the one value of a one-row, one-column result, like slonik's any/oneFirst.
+ */
+function hookedPg(pool: PgQueryable, hooks: Hooks): PgQueryable {
+  return {
+    async query(config: pg.QueryConfig) {
+      await hooks.before?.(config.text);
+      const result = await pool.query(config);
+      const value = result.fields.length === 1 && result.rows.length === 1 ? Object.values(result.rows[0])[0] : result.rows;
+      await hooks.after?.(config.text, value);
+      return result;
+    },
+  };
+}
+
+/** Paths a consumer loop can run its statements on: the slonik pool, or plain node-postgres. */
+const PATHS = ['slonik', 'node-postgres'] as const;
+type Path = (typeof PATHS)[number];
+
+function startHooked(t: Test, path: Path, url: string, client: PgrelayClient, waker: Waker, hooks: Hooks, handler: Handler) {
+  if (path === 'slonik') return startConsumer(hooked(client.connection, hooks), 'wake', handler, { waker, idlePollMs: SAFETY_POLL_MS });
+  const pool = createLoopPool(url, { maximumPoolSize: 4 });
+  t.teardown(() => pool.end());
+  return startConsumer(client.connection, 'wake', handler, { waker, idlePollMs: SAFETY_POLL_MS, pgPool: hookedPg(pool, hooks) });
+}
+
 async function within<T>(ms: number, promise: Promise<T>, what: string): Promise<T | 'late'> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), ms)));
@@ -68,14 +98,14 @@ async function waitFor(condition: () => boolean | Promise<boolean>, what: string
 
 const publishSql = `SELECT pgrelay.publish('orders', 'k', 'placed', $1::jsonb)`;
 
-t.test('a ring that arrives while a fetch is in flight wakes the consumer', async (t) => {
+for (const path of PATHS) t.test(`${path}: a ring that arrives while a fetch is in flight wakes the consumer`, async (t) => {
   const { url, client, waker } = await setup(t);
   const producer = await connect(t, url, 'wake-producer');
   let settledSeen = false;
   let fired = false;
   let rang = false;
   let notificationsBefore = 0;
-  const connection = hooked(client.connection, {
+  const hooks: Hooks = {
     after: async (text, result) => {
       if (/doorbell_settled/.test(text) && result === true) settledSeen = true;
       // The first empty fetch once the consumer is asleep-ready: its snapshot predates the
@@ -88,14 +118,14 @@ t.test('a ring that arrives while a fetch is in flight wakes the consumer', asyn
         rang = true;
       }
     },
-  });
+  };
   const delivered: Message[] = [];
   let arrived: () => void = () => {};
   const got = new Promise<void>((resolve) => (arrived = resolve));
-  const consumer = startConsumer(connection, 'wake', async (message) => {
+  const consumer = startHooked(t, path, url, client, waker, hooks, async (message) => {
     delivered.push(message);
     arrived();
-  }, { waker, idlePollMs: SAFETY_POLL_MS });
+  });
   t.teardown(() => consumer.stop());
   await waitFor(() => rang, 'the consumer to settle, fetch once more, and the ring to arrive meanwhile');
   t.ok(waker.notifications > notificationsBefore, 'the publish rang while the fetch was in flight');
@@ -105,14 +135,14 @@ t.test('a ring that arrives while a fetch is in flight wakes the consumer', asyn
   await consumer.stop();
 });
 
-t.test('a publisher that missed the arming and commits just before the settled check is not left behind', async (t) => {
+for (const path of PATHS) t.test(`${path}: a publisher that missed the arming and commits just before the settled check is not left behind`, async (t) => {
   const { url, client, waker } = await setup(t);
   const producer = await connect(t, url, 'wake-late-producer');
   // The publisher reads the doorbell (disarmed: nobody armed it yet), so it will not ring.
   await producer.query('BEGIN');
   await producer.query(publishSql, [JSON.stringify({ n: 'late' })]);
   let committed = false;
-  const connection = hooked(client.connection, {
+  const hooks: Hooks = {
     before: async (text) => {
       // Between the consumer's last fetch (which could not see the open transaction) and its
       // check that every publisher older than its watermark has ended.
@@ -121,15 +151,15 @@ t.test('a publisher that missed the arming and commits just before the settled c
         await producer.query('COMMIT');
       }
     },
-  });
+  };
   const notificationsBefore = waker.notifications;
   const delivered: Message[] = [];
   let arrived: () => void = () => {};
   const got = new Promise<void>((resolve) => (arrived = resolve));
-  const consumer = startConsumer(connection, 'wake', async (message) => {
+  const consumer = startHooked(t, path, url, client, waker, hooks, async (message) => {
     delivered.push(message);
     arrived();
-  }, { waker, idlePollMs: SAFETY_POLL_MS });
+  });
   t.teardown(() => consumer.stop());
   await waitFor(() => committed, 'the consumer to arm and check the doorbell');
   const outcome = await within(DEADLINE_MS, got, 'delivery');

@@ -29,6 +29,13 @@ SET enable_seqscan = off
 SET enable_bitmapscan = off
 SET enable_hashjoin = off
 SET enable_mergejoin = off
+-- Generic plans for every statement here and in the functions it calls (_read_pull,
+-- _fetch_may_find, ...): with the switches above each has one sensible shape whatever the
+-- parameters, and under the default plan_cache_mode PL/pgSQL kept replanning some of them with
+-- the actual values on every call. An idle consumer's wake-up is one fetch, so planning was a
+-- third of its server time: 0.55 ms -> 0.40 ms per fetch of one message, 0.22 -> 0.18 ms per
+-- empty fetch (same session, alternating, embedded PostgreSQL 18).
+SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 DECLARE
