@@ -107,6 +107,7 @@ DECLARE
     v_xid      xid8;
     v_next_xid xid8;
     v_meta     jsonb;
+    v_armed    boolean;
 BEGIN
     IF TG_WHEN = 'BEFORE' THEN
         -- TRUNCATE of a partition: skipped when an ancestor is truncated in the same statement
@@ -125,14 +126,14 @@ BEGIN
     v_meta := jsonb_build_object('xid', v_xid::text, 'user', current_user, 'application_name', current_setting('application_name'),
                                  'schema', %3$L, 'table', %4$L, 'captured_at', now());
     IF TG_OP = 'INSERT' THEN
-        %5$s
+        %18$s
         SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, %6$L,
                %7$s, 'insert', jsonb_build_object('before', NULL, 'after', %8$s, 'changed', NULL), v_meta
         FROM pgrelay_new AS n
-        %17$s;
+        %19$s;
     ELSIF TG_OP = 'UPDATE' THEN
         -- changed compares the captured columns one by one (generated list, see _cdc_generate).
-        %5$s
+        %18$s
         SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, %6$L,
                coalesce(r.n_key, r.o_key),
                CASE WHEN r.o_key IS NULL THEN 'insert' WHEN r.n_key IS NULL THEN 'delete' ELSE 'update' END,
@@ -145,23 +146,24 @@ BEGIN
               FROM pgrelay_old AS o FULL JOIN pgrelay_new AS n ON %12$s
               %14$s) AS r
         %16$s
-        %17$s;
+        %19$s;
     ELSIF TG_OP = 'DELETE' THEN
-        %5$s
+        %18$s
         SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, %6$L,
                %10$s, 'delete', jsonb_build_object('before', %11$s, 'after', NULL, 'changed', NULL), v_meta
         FROM pgrelay_old AS o
-        %17$s;
+        %19$s;
     ELSIF TG_OP = 'TRUNCATE' AND TG_WHEN = 'BEFORE' THEN
         EXECUTE %15$L || TG_RELID::regclass::text || ' AS o' || %17$L
         USING v_xid, v_next_xid, v_meta || jsonb_build_object('partition_truncated', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
+        v_armed := (SELECT d.armed FROM pgrelay.doorbell d);
     ELSIF TG_OP = 'TRUNCATE' THEN
-        %5$s
+        %18$s
         SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, %6$L,
                NULL, 'truncate', jsonb_build_object('before', NULL, 'after', NULL, 'changed', NULL), v_meta
-        %17$s;
+        %19$s;
     END IF;
-    IF (SELECT d.armed FROM pgrelay.doorbell d) THEN
+    IF v_armed THEN
         PERFORM pgrelay._ring_doorbell(%6$L);
     END IF;
     RETURN NULL;
@@ -173,7 +175,9 @@ $f$, v_fn, p_relid, v_schema, v_table, v_insert, v_cfg.topic, v_key_new, v_img_n
                   jsonb_build_object('before', %s, 'after', NULL, 'changed', NULL), $3 FROM $q$,
               v_insert, v_cfg.topic, v_key_old, v_img_old),
        CASE WHEN v_cfg.skip_unchanged THEN 'WHERE r.changed IS NULL OR cardinality(r.changed) > 0' ELSE '' END,
-       v_close);
+       v_close,
+       'WITH pgrelay_ins AS (' || v_insert,
+       v_close || ') SELECT d.armed INTO v_armed FROM pgrelay.doorbell d');
     -- jit = off: a bulk statement's estimates (transition tables have no statistics) made JIT
     -- compile for longer than the capture itself took.
     EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SET jit = off AS %L', v_fn, v_body);
