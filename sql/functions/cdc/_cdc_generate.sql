@@ -95,10 +95,13 @@ BEGIN
         v_img_old := format('pgrelay._cdc_image(to_jsonb(o.*), %L, %L)', v_exclude, v_mask);
     END IF;
     -- Every message's id comes from its position (pgrelay._message_id, far cheaper than
-    -- gen_random_uuid()): the SELECT that takes the positions is wrapped in one that adds the ids.
+    -- gen_random_uuid()): the SELECT that takes the positions (and draws the id's random bits) is
+    -- wrapped in one that adds the ids. The id is computed by the immutable form of
+    -- _message_id, so the wrapper holds no volatile function and the planner merges it into the
+    -- INSERT (one subquery scan fewer to start per statement).
     v_insert := 'INSERT INTO pgrelay.messages (position, xid, next_xid, id, topic, key, type, data, metadata) '
-                'SELECT m.p, m.x, m.nx, pgrelay._message_id(m.p), m.t, m.k, m.ty, m.d, m.md FROM (';
-    v_close := ') AS m(p, x, nx, t, k, ty, d, md)';
+                'SELECT m.p, m.x, m.nx, pgrelay._message_id(m.p, m.r1, m.r2), m.t, m.k, m.ty, m.d, m.md FROM (';
+    v_close := ') AS m(p, r1, r2, x, nx, t, k, ty, d, md)';
 
     -- The source is passed as a literal (%L), so no column name can end a dollar quote.
     v_body := format($f$
@@ -127,14 +130,14 @@ BEGIN
                                  'schema', %3$L, 'table', %4$L, 'captured_at', now());
     IF TG_OP = 'INSERT' THEN
         %18$s
-        SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, %6$L,
+        SELECT nextval('pgrelay.message_position_seq'), random(), random(), v_xid, v_next_xid, %6$L,
                %7$s, 'insert', jsonb_build_object('before', NULL, 'after', %8$s, 'changed', NULL), v_meta
         FROM pgrelay_new AS n
         %19$s;
     ELSIF TG_OP = 'UPDATE' THEN
         -- changed compares the captured columns one by one (generated list, see _cdc_generate).
         %18$s
-        SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, %6$L,
+        SELECT nextval('pgrelay.message_position_seq'), random(), random(), v_xid, v_next_xid, %6$L,
                coalesce(r.n_key, r.o_key),
                CASE WHEN r.o_key IS NULL THEN 'insert' WHEN r.n_key IS NULL THEN 'delete' ELSE 'update' END,
                jsonb_build_object('before', r.o_img, 'after', r.n_img, 'changed', to_jsonb(r.changed)), v_meta
@@ -149,7 +152,7 @@ BEGIN
         %19$s;
     ELSIF TG_OP = 'DELETE' THEN
         %18$s
-        SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, %6$L,
+        SELECT nextval('pgrelay.message_position_seq'), random(), random(), v_xid, v_next_xid, %6$L,
                %10$s, 'delete', jsonb_build_object('before', %11$s, 'after', NULL, 'changed', NULL), v_meta
         FROM pgrelay_old AS o
         %19$s;
@@ -159,7 +162,7 @@ BEGIN
         v_armed := (SELECT d.armed FROM pgrelay.doorbell d);
     ELSIF TG_OP = 'TRUNCATE' THEN
         %18$s
-        SELECT nextval('pgrelay.message_position_seq'), v_xid, v_next_xid, %6$L,
+        SELECT nextval('pgrelay.message_position_seq'), random(), random(), v_xid, v_next_xid, %6$L,
                NULL, 'truncate', jsonb_build_object('before', NULL, 'after', NULL, 'changed', NULL), v_meta
         %19$s;
     END IF;
@@ -171,7 +174,7 @@ END;
 $f$, v_fn, p_relid, v_schema, v_table, v_insert, v_cfg.topic, v_key_new, v_img_new, v_cols[1], v_key_old,
        v_img_old, v_join, v_changed,
        CASE WHEN v_cfg.skip_unchanged THEN 'OFFSET 0' ELSE '' END,
-       format($q$%s SELECT nextval('pgrelay.message_position_seq'), $1, $2, %L, %s, 'delete',
+       format($q$%s SELECT nextval('pgrelay.message_position_seq'), random(), random(), $1, $2, %L, %s, 'delete',
                   jsonb_build_object('before', %s, 'after', NULL, 'changed', NULL), $3 FROM $q$,
               v_insert, v_cfg.topic, v_key_old, v_img_old),
        CASE WHEN v_cfg.skip_unchanged THEN 'WHERE r.changed IS NULL OR cardinality(r.changed) > 0' ELSE '' END,
