@@ -141,10 +141,10 @@ BEGIN
                coalesce(r.n_key, r.o_key),
                CASE WHEN r.o_key IS NULL THEN 'insert' WHEN r.n_key IS NULL THEN 'delete' ELSE 'update' END,
                jsonb_build_object('before', r.o_img, 'after', r.n_img, 'changed', to_jsonb(r.changed)), v_meta
-        FROM (SELECT %20$s AS o_key,
-                     %21$s AS n_key,
-                     %22$s AS o_img,
-                     %23$s AS n_img,
+        FROM (SELECT CASE WHEN o.%9$s IS NOT NULL THEN %10$s END AS o_key,
+                     CASE WHEN n.%9$s IS NOT NULL THEN %7$s END AS n_key,
+                     CASE WHEN o.%9$s IS NOT NULL THEN %11$s END AS o_img,
+                     CASE WHEN n.%9$s IS NOT NULL THEN %8$s END AS n_img,
                      CASE WHEN o.%9$s IS NOT NULL AND n.%9$s IS NOT NULL THEN %13$s END AS changed
               FROM pgrelay_old AS o FULL JOIN pgrelay_new AS n ON %12$s
               %14$s) AS r
@@ -180,14 +180,7 @@ $f$, v_fn, p_relid, v_schema, v_table, v_insert, v_cfg.topic, v_key_new, v_img_n
        CASE WHEN v_cfg.skip_unchanged THEN 'WHERE r.changed IS NULL OR cardinality(r.changed) > 0' ELSE '' END,
        v_close,
        'WITH pgrelay_ins AS (' || v_insert,
-       v_close || ') SELECT d.armed INTO v_armed FROM pgrelay.doorbell d',
-       -- The missing side of the FULL JOIN: a single key column's text is NULL there by itself,
-       -- so it needs no CASE (fewer expressions to set up per statement); a composite key's JSON
-       -- array is not.
-       CASE WHEN cardinality(v_cols) = 1 THEN v_key_old ELSE format('CASE WHEN o.%s IS NOT NULL THEN %s END', v_cols[1], v_key_old) END,
-       CASE WHEN cardinality(v_cols) = 1 THEN v_key_new ELSE format('CASE WHEN n.%s IS NOT NULL THEN %s END', v_cols[1], v_key_new) END,
-       format('CASE WHEN o.%s IS NOT NULL THEN %s END', v_cols[1], v_img_old),
-       format('CASE WHEN n.%s IS NOT NULL THEN %s END', v_cols[1], v_img_new));
+       v_close || ') SELECT d.armed INTO v_armed FROM pgrelay.doorbell d');
     -- jit = off: a bulk statement's estimates (transition tables have no statistics) made JIT
     -- compile for longer than the capture itself took.
     EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SET jit = off AS %L', v_fn, v_body);
