@@ -342,3 +342,94 @@ t.test('changed compares each column as its image shows it, whatever its type', 
     'json compared by value, numeric scale and equal instants are no change, a case-only text change is one; the no-op UPDATE skipped',
   );
 });
+
+t.test('the doorbell: captured statements ring it once per arming, on commit only, and honour the watermark protocol', async (t) => {
+  const db = await freshDatabase(t);
+  const listener = await connect(t, db.connectionString, 'doorbell-listener');
+  const writer = await connect(t, db.connectionString, 'doorbell-writer');
+  const relay = await connect(t, db.connectionString, 'doorbell-relay');
+  const notes: Array<string | undefined> = [];
+  listener.on('notification', (note) => notes.push(note.payload));
+  await listener.query('LISTEN pgrelay');
+  const quiet = (ms = 300): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+  const armed = async (): Promise<boolean> => (await relay.query<{ armed: boolean }>('SELECT armed FROM pgrelay.doorbell')).rows[0]!.armed;
+  await writer.query(`CREATE TABLE public.bells (id int PRIMARY KEY, v int NOT NULL)`);
+  await writer.query(`INSERT INTO public.bells SELECT g, 0 FROM generate_series(1, 10) g`);
+  await writer.query(`CREATE TABLE public.parts (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region)`);
+  await writer.query(`CREATE TABLE public.parts_eu PARTITION OF public.parts FOR VALUES IN ('eu')`);
+  await writer.query(`CREATE TABLE public.parts_us PARTITION OF public.parts FOR VALUES IN ('us')`);
+  await writer.query(`INSERT INTO public.parts VALUES (1, 'eu'), (2, 'us')`);
+  await writer.query(`SELECT pgrelay.cdc_enable('public.bells'), pgrelay.cdc_enable('public.parts')`);
+
+  for (const [label, sql] of [
+    ['insert', `INSERT INTO public.bells VALUES (100, 1)`],
+    ['update', `UPDATE public.bells SET v = v + 1 WHERE id = 1`],
+    ['delete', `DELETE FROM public.bells WHERE id = 2`],
+    ['update changing the key', `UPDATE public.bells SET id = 200 WHERE id = 3`],
+  ] as const) {
+    notes.length = 0;
+    await relay.query('SELECT pgrelay.doorbell_arm()');
+    await writer.query('BEGIN');
+    await writer.query(sql);
+    await quiet(100);
+    t.same(notes, [], `${label}: no NOTIFY before the commit`);
+    await writer.query('ROLLBACK');
+    await quiet(150);
+    t.same(notes, [], `${label}: a rolled-back capture sends nothing`);
+    t.equal(await armed(), true, `${label}: and leaves the doorbell armed`);
+    await writer.query(sql);
+    await writer.query(`UPDATE public.bells SET v = v + 1 WHERE id = 4`);
+    await quiet();
+    t.same(notes, ['cdc.public.bells'], `${label}: the committed capture rings once, with the topic only`);
+    t.equal(await armed(), false, `${label}: and disarms it`);
+  }
+
+  notes.length = 0;
+  await writer.query(`UPDATE public.bells SET v = v + 1 WHERE id = 5`);
+  await quiet();
+  t.same(notes, [], 'disarmed: a capture sends no NOTIFY');
+
+  for (const [label, sql] of [
+    ['TRUNCATE of one partition (BEFORE TRUNCATE, dynamic INSERT)', `TRUNCATE public.parts_eu`],
+    ['TRUNCATE of the partitioned table', `TRUNCATE public.parts`],
+  ] as const) {
+    notes.length = 0;
+    await writer.query(`INSERT INTO public.parts VALUES (10, 'eu'), (11, 'us') ON CONFLICT DO NOTHING`);
+    await quiet(100);
+    notes.length = 0;
+    await relay.query('SELECT pgrelay.doorbell_arm()');
+    await writer.query(sql);
+    await quiet();
+    t.same(notes, ['cdc.public.parts'], `${label}: rings once`);
+  }
+
+  // The watermark protocol: a capturing transaction that read the doorbell while it was disarmed
+  // already had its xid, so it is below a watermark taken after the arming, and the relay keeps
+  // polling until it ends (doorbell_settled) instead of sleeping on a NOTIFY that will not come.
+  notes.length = 0;
+  await writer.query('BEGIN');
+  await writer.query(`UPDATE public.bells SET v = v + 1 WHERE id = 6`);
+  await relay.query('SELECT pgrelay.doorbell_arm()');
+  const [{ w }] = (await relay.query<{ w: string }>('SELECT pgrelay.doorbell_watermark()::text AS w')).rows as [{ w: string }];
+  const settled = async (): Promise<boolean> =>
+    (await relay.query<{ s: boolean }>('SELECT pgrelay.doorbell_settled($1::xid8) AS s', [w])).rows[0]!.s;
+  t.equal(await settled(), false, 'a capture that read the doorbell before the arming holds doorbell_settled at false');
+  await writer.query('COMMIT');
+  await quiet();
+  t.equal(await settled(), true, 'and releases it when it commits');
+  t.same(notes, [], 'it does not ring: it read the doorbell disarmed (the relay finds its messages by polling)');
+  t.equal(await armed(), true, 'the doorbell stays armed for the next publisher');
+
+  // A writer never waits on the doorbell row: while another transaction holds it (it rang and
+  // has not committed), a capture skips the ring and commits at once.
+  await relay.query('BEGIN');
+  await relay.query(`SELECT pgrelay.publish('other', 'k', 'e', '{}'::jsonb)`);
+  t.equal((await relay.query<{ armed: boolean }>('SELECT armed FROM pgrelay.doorbell')).rows[0]!.armed, false, 'the holder disarmed it');
+  await writer.query(`SET lock_timeout = '2s'`);
+  await writer.query(`UPDATE public.bells SET v = v + 1 WHERE id = 8`);
+  t.pass('a capture commits while another transaction holds the doorbell row');
+  await writer.query('RESET lock_timeout');
+  await relay.query('COMMIT');
+  await quiet();
+  t.same(notes, ['other'], 'only the holder rang');
+});

@@ -291,3 +291,39 @@ t.test('pgrelay cdc snapshot: progress bar, SIGINT stops after a chunk, SIGKILL 
   t.equal(again.code, 1, 'disabling again fails');
   t.match(again.stderr, /is not captured \(SQLSTATE PR003\)/, 'with the SQLSTATE');
 });
+
+t.test('a chunk waiting on a row whose key a concurrent UPDATE changes neither jumps ahead nor ends the backfill early', async (t) => {
+  const db = await freshDatabase(t);
+  const admin = await connect(t, db.connectionString, 'snapshot-admin');
+  const holder = await connect(t, db.connectionString, 'key-mover');
+  const snapshotter = await connect(t, db.connectionString, 'snapshotter');
+  await admin.query(`CREATE TABLE public.moving (id int PRIMARY KEY, v text NOT NULL)`);
+  await admin.query(`INSERT INTO public.moving SELECT g, 'v' || g FROM generate_series(1, 20) g`);
+  await admin.query(`SELECT pgrelay.cdc_enable('public.moving')`);
+  const step = async () =>
+    (await snapshotter.query<{ emitted: string; total: string; done: boolean }>(`SELECT * FROM pgrelay.cdc_snapshot('public.moving', 4)`)).rows[0]!;
+  t.same(await step(), { emitted: '4', total: '20', done: false }, 'first chunk: keys 1-4');
+
+  // Key 6 moves far ahead (to 1000) while the second chunk (keys 5-8) waits for its row lock.
+  await holder.query('BEGIN');
+  await holder.query(`UPDATE public.moving SET id = 1000 WHERE id = 6`);
+  const waiting = step();
+  await waitFor('the chunk to wait for the moved row', async () => (await lockWaiter(db.connectionString, 'snapshotter')) !== undefined, 10_000);
+  await holder.query('COMMIT');
+  const second = await waiting;
+  t.equal(second.done, false, 'the chunk with the moved row does not end the backfill');
+  const [{ last }] = (await admin.query<{ last: string }>(`SELECT last_key::text AS last FROM pgrelay.cdc_snapshots`)).rows as [{ last: string }];
+  t.equal(last, '["8"]', 'and its last key is the end of its range (8), not the moved row\'s new key (1000)');
+
+  let rounds = 0;
+  while (!(await step()).done) if (++rounds > 20) throw new Error('backfill did not finish');
+  const rows = await captured(db.connectionString, 'cdc.public.moving');
+  const snapshotKeys = new Set(rows.filter((r) => r.type === 'snapshot').map((r) => r.key));
+  const tableKeys = (await admin.query<{ id: string }>(`SELECT id::text AS id FROM public.moving ORDER BY id`)).rows.map((r) => r.id);
+  t.same(tableKeys.filter((k) => !snapshotKeys.has(k)), [], 'every row of the table got a snapshot message (1000 included)');
+  t.notOk(snapshotKeys.has('6'), 'the moved row was not emitted under its old key');
+
+  // A consumer applying the whole log in order ends with the table.
+  const client = await newClient(t, db.connectionString);
+  t.same(await consumeAll(client, db.connectionString, 'cdc.public.moving'), await tableState(db.connectionString, 'public.moving'), 'applying the log gives the table');
+});

@@ -25,6 +25,7 @@ DECLARE
     v_img    text;
     v_key    text;
     v_count  integer;
+    v_bound  integer;
     v_last   jsonb;
     v_meta   jsonb;
 BEGIN
@@ -74,12 +75,24 @@ BEGIN
                                  'table', (SELECT c.relname FROM pg_class c WHERE c.oid = v_cfg.relid),
                                  'captured_at', now(), 'snapshot', true);
 
+    -- The chunk's key range is fixed first, by a plain read (bound): the next chunk_size keys
+    -- after the last one. The rows are then read again in that range FOR SHARE. A row whose key
+    -- a concurrent UPDATE changes while the chunk waits for its lock comes back (EvalPlanQual)
+    -- with its new key; with the range in the WHERE clause such a row is rechecked against the
+    -- range and skipped when it left it (its new key is read when the backfill gets there, or it
+    -- moved behind the backfill and its live 'insert' message carries it). Taking the last key
+    -- from the locked rows instead let a row moved far ahead become the last key, and the
+    -- backfill skipped every key in between and finished early.
     EXECUTE format($q$
-        WITH chunk AS (
+        WITH bound AS (
             SELECT t.* FROM %1$s AS t
             WHERE %2$s
             ORDER BY %3$s
             LIMIT $2
+        ), chunk AS (
+            SELECT t.* FROM %1$s AS t
+            WHERE %2$s AND (%3$s) <= (SELECT %3$s FROM bound AS t ORDER BY %7$s LIMIT 1)
+            ORDER BY %3$s
             FOR SHARE OF t
         ), written AS (
             INSERT INTO pgrelay.messages (position, xid, next_xid, id, topic, key, type, data, metadata)
@@ -92,16 +105,16 @@ BEGIN
             RETURNING 1
         )
         SELECT (SELECT count(*) FROM written),
-               (SELECT to_jsonb(ARRAY[%6$s]) FROM chunk AS t ORDER BY %7$s LIMIT 1)
+               (SELECT count(*) FROM bound),
+               (SELECT to_jsonb(ARRAY[%6$s]) FROM bound AS t ORDER BY %7$s LIMIT 1)
     $q$, cdc_snapshot.tbl, v_after, v_order, v_key, v_img,
          (SELECT string_agg(format('(t.%s)::text', c), ', ') FROM unnest(v_cols) c),
          (SELECT string_agg('t.' || c || ' DESC', ', ') FROM unnest(v_cols) c))
-    INTO v_count, v_last
+    INTO v_count, v_bound, v_last
     USING v_state.last_key, cdc_snapshot.chunk_size, v_cfg.topic, v_meta;
-
     UPDATE pgrelay.cdc_snapshots s
        SET last_key = coalesce(v_last, s.last_key), emitted = s.emitted + v_count,
-           finished_at = CASE WHEN v_count < cdc_snapshot.chunk_size THEN clock_timestamp() END
+           finished_at = CASE WHEN v_bound < cdc_snapshot.chunk_size THEN clock_timestamp() END
      WHERE s.relid = cdc_snapshot.tbl
     RETURNING s.emitted, s.total, s.finished_at IS NOT NULL INTO emitted, total, done;
     PERFORM pgrelay._ring_doorbell(v_cfg.topic);
