@@ -47,6 +47,14 @@ DECLARE
     v_data     jsonb[];
     v_base     jsonb;
     v_topic    text;
+    v_key      text;
+    v_next_xid xid8;
+    v_positions bigint[] := '{}';
+    v_random   bytea;
+    v_xid      xid8;
+    v_now      timestamptz;
+    v_context  jsonb;          -- what every step's context adds that is the same for all steps
+    v_succeeded jsonb;         -- saga.step_succeeded's data but the step name
     v_limit    integer;
 BEGIN
     IF saga_start.saga_type IS NULL THEN
@@ -98,6 +106,9 @@ BEGIN
     v_base := jsonb_build_object('saga_id', v_saga.id, 'saga_type', v_saga.saga_type);
     v_types := ARRAY['saga.started'];
     v_data := ARRAY[v_base || jsonb_build_object('input', saga_start.input, 'version', v_def.version)];
+    -- Built once: jsonb_build_object looks up every argument's type, per call.
+    v_context := jsonb_build_object('saga_id', v_saga.id, 'phase', 'action', 'attempt', 1);
+    v_succeeded := v_base || '{"attempt": 1}';
 
     WHILE v_done < v_count LOOP
         v_spec := v_specs[v_done + 1];
@@ -112,9 +123,8 @@ BEGIN
         END IF;
         BEGIN
             EXECUTE format('SELECT %s($1, $2)', v_proc::oid::regproc) INTO v_output
-                USING v_saga.input, v_saga.context || jsonb_build_object('saga_id', v_saga.id, 'step', v_spec.name,
-                                                                        'phase', 'action', 'attempt', 1,
-                                                                        'idempotency_key', v_saga.id || ':' || v_spec.name || ':action');
+                USING v_saga.input, v_saga.context || v_context
+                                    || jsonb_build_object('step', v_spec.name, 'idempotency_key', v_saga.id || ':' || v_spec.name || ':action');
         EXCEPTION WHEN OTHERS THEN
             v_failed := true;
             v_error := format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE);
@@ -127,7 +137,7 @@ BEGIN
             v_saga.context := pgrelay._saga_merge(v_saga.context, v_spec.name, v_output);
         END IF;
         v_types := v_types || 'saga.step_succeeded'::text;
-        v_data := v_data || (v_base || jsonb_build_object('step', v_spec.name, 'attempt', 1));
+        v_data := v_data || (v_succeeded || jsonb_build_object('step', v_spec.name));
     END LOOP;
     IF v_done = v_count THEN
         v_saga.status := 'completed';
@@ -146,12 +156,15 @@ BEGIN
         UPDATE pgrelay.sagas s SET context = v_saga.context, updated_at = now() WHERE s.id = v_saga.id;
     END IF;
 
+    -- clock_timestamp() read once, not per row: a volatile call in the SELECT would make the planner
+    -- keep it as a subquery, which costs more to set up than the insert of the rows.
+    v_now := clock_timestamp();
     INSERT INTO pgrelay.saga_steps (saga_id, step_index, name, action, compensation, max_attempts, timeout_seconds, backoff,
                                     status, attempts, next_attempt_at, output, started_at, finished_at)
     SELECT v_saga.id, n - 1, sp.name, sp.action, sp.compensation, sp.max_attempts, sp.timeout_seconds, sp.backoff,
            CASE WHEN n <= v_done THEN 'succeeded' WHEN n = v_done + 1 AND v_failed THEN 'ready' ELSE 'pending' END,
            CASE WHEN n <= v_done OR (n = v_done + 1 AND v_failed) THEN 1 ELSE 0 END,
-           CASE WHEN n <= v_done OR (n = v_done + 1 AND v_failed) THEN clock_timestamp() END,
+           CASE WHEN n <= v_done OR (n = v_done + 1 AND v_failed) THEN v_now END,
            v_outputs[n],
            CASE WHEN n <= v_done OR (n = v_done + 1 AND v_failed) THEN now() END,
            CASE WHEN n <= v_done THEN now() END
@@ -160,17 +173,28 @@ BEGIN
     -- The events, as _publish_many appends them (positions in order, next_xid taken once after the
     -- saga row is written, ids from positions, the doorbell rung once).
     v_topic := 'saga.' || v_saga.saga_type;
+    v_key := v_saga.id::text;
     v_limit := v_limit - pg_column_size('{}'::jsonb);
     IF pg_column_size(v_data[1]) > v_limit OR (v_done = v_count AND pg_column_size(v_data[v_count + 2]) > v_limit) THEN
-        PERFORM pgrelay._publish_many(v_fn, v_topic, v_saga.id::text, v_types, v_data);  -- raises PR002
+        PERFORM pgrelay._publish_many(v_fn, v_topic, v_key, v_types, v_data);  -- raises PR002
     END IF;
+    -- Positions (in event order) and the random part of the ids are drawn here, so that no
+    -- volatile function is left in the INSERT's SELECT: then it is a plain scan of the arrays,
+    -- where otherwise the planner keeps it a subquery (and _publish_many's ORDER BY adds a sort),
+    -- whose setup costs more than the rest of the statement.
+    -- Ids as _message_id makes them (version 8: 60 random bits, the variant, the position), the
+    -- random bits drawn once for the saga's events: the position keeps each id unique.
+    FOR i IN 1 .. cardinality(v_types) LOOP
+        v_positions[i] := nextval('pgrelay.message_position_seq');
+    END LOOP;
+    v_random := int8send((floor(random() * 281474976710656)::int8 << 16) | 32768 | floor(random() * 4096)::int8);
+    v_xid := pg_current_xact_id();
+    v_next_xid := pgrelay._next_xid();
     INSERT INTO pgrelay.messages (position, xid, next_xid, id, topic, key, type, data, metadata)
-    SELECT p.position, pg_current_xact_id(), p.next_xid, pgrelay._message_id(p.position), v_topic, v_saga.id::text, p.type, p.data, '{}'
-    FROM (SELECT nextval('pgrelay.message_position_seq') AS position, m.type, m.data, m.n, x.next_xid
-          FROM (SELECT pgrelay._next_xid() AS next_xid OFFSET 0) AS x,
-               unnest(v_types, v_data) WITH ORDINALITY AS m(type, data, n)
-          ORDER BY m.n) AS p
-    ORDER BY p.n;
+    SELECT m.position, v_xid, v_next_xid,
+           encode(v_random || int8send((m.position & 4611686018427387903) | (-9223372036854775808)::int8), 'hex')::uuid,
+           v_topic, v_key, m.type, m.data, '{}'
+    FROM unnest(v_positions, v_types, v_data) AS m(position, type, data);
     IF (SELECT d.armed FROM pgrelay.doorbell d) THEN
         PERFORM pgrelay._ring_doorbell(v_topic);
     END IF;

@@ -1,0 +1,69 @@
+// Migration 009 keeps the references between the saga tables by triggers on delete instead of
+// foreign keys checked on every insert. Proves what the keys did on the delete side still holds:
+// deleting or truncating sagas removes their steps; a definition version that sagas use cannot be
+// deleted, renumbered or truncated away (SQLSTATE 23503), an unused one can; and the keys come
+// back on migrate down.
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freshDatabase, query, withClient } from './helpers/db.ts';
+import { newClient } from './fixtures/sagas.ts';
+import { migrate } from '../client/migrate.ts';
+
+const NOOP = `CREATE FUNCTION public.noop(input jsonb, context jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{}'::jsonb $$`;
+const DEF = { steps: [{ name: 'a', action: { sql: 'public.noop' } }, { name: 'b', action: { sql: 'public.noop' } }] };
+
+const sqlState = async (url: string, text: string): Promise<string | undefined> => {
+  try {
+    await query(url, text);
+    return undefined;
+  } catch (error) {
+    return (error as { code?: string }).code;
+  }
+};
+const count = async (url: string, text: string): Promise<number> => (await query<{ n: number }>(url, text))[0]!.n;
+
+t.test('deleting or truncating sagas removes their steps; definitions in use stay', async (t) => {
+  const db = await freshDatabase(t);
+  const url = db.connectionString;
+  await query(url, NOOP);
+  const client = await newClient(t, url);
+  await client.sagas.define('r.one', DEF);
+  const [keep, drop] = await client.sagas.startMany('r.one', [{ input: {} }, { input: {} }]);
+  await client.sagas.define('r.one', { steps: [...DEF.steps, { name: 'c', action: { sql: 'public.noop' } }] }); // version 2, unused
+
+  await query(url, `DELETE FROM pgrelay.sagas WHERE id = $1`, [drop]);
+  t.equal(await count(url, `SELECT count(*)::int AS n FROM pgrelay.saga_steps WHERE saga_id = '${drop}'`), 0, 'the deleted saga\'s steps are gone');
+  t.equal(await count(url, `SELECT count(*)::int AS n FROM pgrelay.saga_steps WHERE saga_id = '${keep}'`), 2, 'the other saga keeps its steps');
+
+  t.equal(await sqlState(url, `DELETE FROM pgrelay.saga_definitions WHERE saga_type = 'r.one' AND version = 1`), '23503', 'a version in use cannot be deleted');
+  t.equal(await sqlState(url, `UPDATE pgrelay.saga_definitions SET version = 7 WHERE saga_type = 'r.one' AND version = 1`), '23503', 'nor renumbered');
+  t.equal(await sqlState(url, `TRUNCATE pgrelay.saga_definitions`), '23503', 'nor truncated away');
+  t.equal(await sqlState(url, `UPDATE pgrelay.saga_definitions SET steps = steps WHERE saga_type = 'r.one' AND version = 1`), undefined, 'other columns may change');
+  t.equal(await sqlState(url, `DELETE FROM pgrelay.saga_definitions WHERE saga_type = 'r.one' AND version = 2`), undefined, 'an unused version can be deleted');
+
+  await query(url, `TRUNCATE pgrelay.sagas`);
+  t.equal(await count(url, `SELECT count(*)::int AS n FROM pgrelay.saga_steps`), 0, 'truncating sagas truncates their steps');
+  t.equal(await sqlState(url, `DELETE FROM pgrelay.saga_definitions`), undefined, 'with no sagas left the definitions can go');
+});
+
+t.test('migrate down puts the foreign keys back', async (t) => {
+  const db = await freshDatabase(t);
+  const url = db.connectionString;
+  const keys = `SELECT coalesce(string_agg(conname, ',' ORDER BY conname), '') AS k FROM pg_constraint
+                WHERE contype = 'f' AND conrelid IN ('pgrelay.sagas'::regclass, 'pgrelay.saga_steps'::regclass)`;
+  t.equal((await query<{ k: string }>(url, keys))[0]!.k, '', 'no foreign keys on the saga tables after migrate up');
+  const file = readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', 'migrations', '009_saga-references-by-trigger.sql'), 'utf8');
+  const downSql = file.slice(file.indexOf('-- Down Migration'));
+  const restored = await withClient(url, async (c) => {
+    await c.query('BEGIN');
+    await c.query(downSql);
+    const { rows } = await c.query<{ k: string }>(keys);
+    await c.query('ROLLBACK');
+    return rows[0]!.k;
+  });
+  t.equal(restored, 'saga_steps_saga_id_fkey,sagas_saga_type_version_fkey', "009's down migration restores both keys");
+  const down = await migrate({ connectionString: url, direction: 'down' });
+  t.equal(down.migrations[0], '009_saga-references-by-trigger', 'and the whole way down runs from 009');
+});
