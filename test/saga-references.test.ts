@@ -1,8 +1,9 @@
 // Migration 009 keeps the references between the saga tables by triggers on delete instead of
-// foreign keys checked on every insert. Proves what the keys did on the delete side still holds:
-// deleting or truncating sagas removes their steps; a definition version that sagas use cannot be
-// deleted, renumbered or truncated away (SQLSTATE 23503), an unused one can; and the keys come
-// back on migrate down.
+// foreign keys checked on every insert, and checks sagas.status by a domain instead of a CHECK
+// constraint. Proves what the keys did on the delete side still holds: deleting or truncating
+// sagas removes their steps; a definition version that sagas use cannot be deleted, renumbered or
+// truncated away (SQLSTATE 23503), an unused one can; a status outside the six is refused
+// (23514); and the keys and the check come back on migrate down.
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -24,7 +25,7 @@ const sqlState = async (url: string, text: string): Promise<string | undefined> 
 };
 const count = async (url: string, text: string): Promise<number> => (await query<{ n: number }>(url, text))[0]!.n;
 
-t.test('deleting or truncating sagas removes their steps; definitions in use stay', async (t) => {
+t.test('deleting or truncating sagas removes their steps; definitions in use stay; statuses are checked', async (t) => {
   const db = await freshDatabase(t);
   const url = db.connectionString;
   await query(url, NOOP);
@@ -43,6 +44,11 @@ t.test('deleting or truncating sagas removes their steps; definitions in use sta
   t.equal(await sqlState(url, `UPDATE pgrelay.saga_definitions SET steps = steps WHERE saga_type = 'r.one' AND version = 1`), undefined, 'other columns may change');
   t.equal(await sqlState(url, `DELETE FROM pgrelay.saga_definitions WHERE saga_type = 'r.one' AND version = 2`), undefined, 'an unused version can be deleted');
 
+  t.equal(await sqlState(url, `UPDATE pgrelay.sagas SET status = 'done' WHERE id = '${keep}'`), '23514', 'an unknown status is refused');
+  t.equal(await sqlState(url, `UPDATE pgrelay.sagas SET status = 'cancelled' WHERE id = '${keep}'`), undefined, 'a known one is taken');
+  t.equal(await sqlState(url, `INSERT INTO pgrelay.sagas (id, saga_type, version, status, input) VALUES (gen_random_uuid(), 'r.one', 1, 'Running', '{}')`),
+    '23514', 'also on insert');
+
   await query(url, `TRUNCATE pgrelay.sagas`);
   t.equal(await count(url, `SELECT count(*)::int AS n FROM pgrelay.saga_steps`), 0, 'truncating sagas truncates their steps');
   t.equal(await sqlState(url, `DELETE FROM pgrelay.saga_definitions`), undefined, 'with no sagas left the definitions can go');
@@ -54,16 +60,20 @@ t.test('migrate down puts the foreign keys back', async (t) => {
   const keys = `SELECT coalesce(string_agg(conname, ',' ORDER BY conname), '') AS k FROM pg_constraint
                 WHERE contype = 'f' AND conrelid IN ('pgrelay.sagas'::regclass, 'pgrelay.saga_steps'::regclass)`;
   t.equal((await query<{ k: string }>(url, keys))[0]!.k, '', 'no foreign keys on the saga tables after migrate up');
-  const file = readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', 'migrations', '009_saga-references-by-trigger.sql'), 'utf8');
+  const file = readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', 'migrations', '009_saga-cheaper-constraints.sql'), 'utf8');
   const downSql = file.slice(file.indexOf('-- Down Migration'));
   const restored = await withClient(url, async (c) => {
     await c.query('BEGIN');
     await c.query(downSql);
     const { rows } = await c.query<{ k: string }>(keys);
+    const { rows: checks } = await c.query<{ c: string; t: string }>(
+      `SELECT (SELECT conname FROM pg_constraint WHERE conrelid = 'pgrelay.sagas'::regclass AND contype = 'c') AS c,
+              (SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'pgrelay.sagas'::regclass AND attname = 'status') AS t`);
     await c.query('ROLLBACK');
-    return rows[0]!.k;
+    return { keys: rows[0]!.k, ...checks[0]! };
   });
-  t.equal(restored, 'saga_steps_saga_id_fkey,sagas_saga_type_version_fkey', "009's down migration restores both keys");
+  t.same(restored, { keys: 'saga_steps_saga_id_fkey,sagas_saga_type_version_fkey', c: 'sagas_status_check', t: 'text' },
+    "009's down migration restores both keys and the status check");
   const down = await migrate({ connectionString: url, direction: 'down' });
-  t.equal(down.migrations[0], '009_saga-references-by-trigger', 'and the whole way down runs from 009');
+  t.equal(down.migrations[0], '009_saga-cheaper-constraints', 'and the whole way down runs from 009');
 });

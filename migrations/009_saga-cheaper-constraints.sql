@@ -1,5 +1,9 @@
--- pgrelay 009: the references between saga tables are kept by triggers that fire on deletes,
--- instead of foreign keys that are checked on every insert.
+-- pgrelay 009: the saga tables' constraints cost saga_start less (PostgreSQL 15 measured with
+-- callgrind: saga_start of 3 SQL steps from 1,595k to 1,443k instructions for the keys, to 1,371k
+-- for the status check).
+--
+-- 1. The references between saga tables are kept by triggers that fire on deletes, instead of
+-- foreign keys that are checked on every insert.
 --
 -- saga_steps.saga_id -> sagas.id and sagas (saga_type, version) -> saga_definitions were foreign
 -- keys, so every saga_start ran 4 referential checks (one per step row and one for the saga row:
@@ -13,6 +17,11 @@
 --   - deleting a definition version that a saga uses, or changing its type or version, is refused
 --     with SQLSTATE 23503 (foreign_key_violation), as the key did; truncating saga_definitions
 --     while sagas exist too.
+--
+-- 2. sagas.status is checked by a domain (pgrelay.saga_state) instead of a CHECK constraint: the
+-- same values are allowed, but PostgreSQL reads and plans a table's CHECK expressions again for
+-- every statement that writes the table (about 4 % of saga_start), while a domain's check is
+-- planned once per session (type cache).
 
 -- Up Migration
 
@@ -64,7 +73,17 @@ CREATE TRIGGER saga_definitions_in_use BEFORE DELETE OR UPDATE OF saga_type, ver
 CREATE TRIGGER saga_definitions_in_use_truncate BEFORE TRUNCATE ON pgrelay.saga_definitions
     FOR EACH STATEMENT EXECUTE FUNCTION pgrelay.tg_saga_definitions_in_use();
 
+CREATE DOMAIN pgrelay.saga_state AS text
+    CHECK (VALUE IN ('running', 'completed', 'compensating', 'compensated', 'failed', 'cancelled'));
+ALTER TABLE pgrelay.sagas DROP CONSTRAINT sagas_status_check;
+ALTER TABLE pgrelay.sagas ALTER COLUMN status TYPE pgrelay.saga_state;
+
 -- Down Migration
+
+ALTER TABLE pgrelay.sagas ALTER COLUMN status TYPE text;
+ALTER TABLE pgrelay.sagas ADD CONSTRAINT sagas_status_check
+    CHECK (status IN ('running', 'completed', 'compensating', 'compensated', 'failed', 'cancelled'));
+DROP DOMAIN pgrelay.saga_state;
 
 DROP TRIGGER saga_definitions_in_use_truncate ON pgrelay.saga_definitions;
 DROP TRIGGER saga_definitions_in_use ON pgrelay.saga_definitions;
