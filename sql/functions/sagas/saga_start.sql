@@ -4,7 +4,7 @@
 --
 -- The leading run of SQL steps runs inline here, before the step rows are written: each step in
 -- its own subtransaction with the context merged so far (what _saga_run_sql does, written out
--- here to spare a function call per step), and then the step rows are inserted once in the state
+-- here to spare a function call per step; the step's function called through _saga_call), and then the step rows are inserted once in the state
 -- they reached, the saga row written once in its state, and the lifecycle events (saga.started,
 -- saga.step_succeeded per step, saga.completed) appended in one statement, in the order they
 -- happened. The first step that is not a SQL step, fails, or loses a lock race, or a passed
@@ -122,9 +122,9 @@ BEGIN
             EXIT;
         END IF;
         BEGIN
-            EXECUTE format('SELECT %s($1, $2)', v_proc::oid::regproc) INTO v_output
-                USING v_saga.input, v_saga.context || v_context
-                                    || jsonb_build_object('step', v_spec.name, 'idempotency_key', v_saga.id || ':' || v_spec.name || ':action');
+            v_output := pgrelay._saga_call(v_proc, v_saga.input,
+                                           v_saga.context || v_context
+                                           || jsonb_build_object('step', v_spec.name, 'idempotency_key', v_saga.id || ':' || v_spec.name || ':action'));
         EXCEPTION WHEN OTHERS THEN
             v_failed := true;
             v_error := format('%s (SQLSTATE %s)', SQLERRM, SQLSTATE);
