@@ -1,5 +1,5 @@
 import { sql, type CommonQueryMethods, type DatabasePool } from 'slonik';
-import { createPgrelayPool, type PoolOptions } from './pool.js';
+import { createLeanQuery, createPgrelayPool, type LeanQuery, type PoolOptions } from './pool.js';
 import { horizonStall, publish, publishMany, read, versionSchema, type HorizonStall, type ReadOptions } from './log.js';
 import type { Cursor, Message, PublishInput, PublishOptions } from './schemas.js';
 import { subscriptionMethods, type SubscriptionMethods } from './subscriptions.js';
@@ -69,6 +69,7 @@ function bind(
   connection: CommonQueryMethods,
   end: () => Promise<void>,
   waker: () => Promise<Waker | undefined> = async () => undefined,
+  lean?: LeanQuery,
 ): PgrelayClient {
   const client: PgrelayClient = {
     connection,
@@ -89,7 +90,7 @@ function bind(
     idempotent: (key, request, fn, options) => idempotent(connection, key, request, fn, options),
     streams: streamMethods(connection),
     projections: projectionMethods(connection),
-    sagas: sagaMethods(connection),
+    sagas: sagaMethods(connection, lean),
     cdc: cdcMethods(connection),
     horizonStall: () => horizonStall(connection),
     version: () => connection.oneFirst(sql.type(versionSchema)`SELECT pgrelay.version() AS version`),
@@ -105,15 +106,18 @@ function bind(
 export async function createClient(options: ClientOptions): Promise<PgrelayClient> {
   if ('connectionString' in options) {
     const pool = await createPgrelayPool(options.connectionString, options);
+    const lean = createLeanQuery(options.connectionString, options);
     let waker: Promise<Waker> | undefined;
     const getWaker = (): Promise<Waker> => (waker ??= createWaker(options.connectionString));
     return bind(
       pool,
       async () => {
         if (waker !== undefined) await (await waker).close();
+        await lean.end();
         await pool.end();
       },
       getWaker,
+      lean,
     );
   }
   if ('pool' in options) return bind(options.pool, async () => {});
