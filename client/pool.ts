@@ -75,9 +75,14 @@ export function createLeanQuery(connectionString: string, options: PoolOptions =
     async rows<R extends pg.QueryResultRow>(text: string, values: unknown[]): Promise<R[]> {
       if (ended) throw new Error('pgrelay client: end() was called');
       if (pool === undefined) {
+        // The timeouts of slonik's defaults, which the other pool's connections run with.
         pool = new pg.Pool({
           connectionString,
           max: options.maximumPoolSize ?? 10,
+          connectionTimeoutMillis: 5000,
+          idleTimeoutMillis: 5000,
+          statement_timeout: 60000,
+          idle_in_transaction_session_timeout: 60000,
           ...(options.applicationName !== undefined ? { application_name: options.applicationName } : {}),
         });
         pool.on('error', () => {}); // an idle connection that drops: the next query fails instead

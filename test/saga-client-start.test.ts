@@ -7,7 +7,10 @@ import t from 'tap';
 import { createClient, InvalidArgumentError, NotFoundError } from '../client/index.ts';
 import { freshDatabase, query } from './helpers/db.ts';
 
-const NOOP = `CREATE FUNCTION public.noop(input jsonb, context jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{}'::jsonb $$`;
+const NOOP = `CREATE FUNCTION public.noop(input jsonb, context jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{}'::jsonb $$;
+  CREATE FUNCTION public.settings(input jsonb, context jsonb) RETURNS jsonb LANGUAGE sql AS $$
+    SELECT jsonb_build_object('statement_timeout', current_setting('statement_timeout'),
+                              'idle_in_transaction_session_timeout', current_setting('idle_in_transaction_session_timeout')) $$`;
 
 t.test('start on the lean pool: same results and errors; transaction() still joins; end() closes it', async (t) => {
   const db = await freshDatabase(t);
@@ -35,6 +38,11 @@ t.test('start on the lean pool: same results and errors; transaction() still joi
   t.type(unknown, NotFoundError, 'an unknown saga type: NotFoundError');
   t.equal((unknown as NotFoundError).argument, 'saga_type');
   t.type(await failure(() => client.sagas.start('l.one', {}, { idempotencyKey: 'x'.repeat(256) })), InvalidArgumentError);
+
+  await client.sagas.define('l.settings', { steps: [{ name: 's', action: { sql: 'public.settings' } }] });
+  const settings = await client.sagas.status(await client.sagas.start('l.settings', {}));
+  t.same(settings.context, { statement_timeout: '1min', idle_in_transaction_session_timeout: '1min' },
+    'the lean pool\'s connections run with the slonik pool\'s timeouts');
 
   const [app] = await query<{ n: number }>(url,
     `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'lean-start-test'`);
