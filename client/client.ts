@@ -1,6 +1,5 @@
-import pg from 'pg';
 import { sql, type CommonQueryMethods, type DatabasePool } from 'slonik';
-import { createPgrelayPool, type PoolOptions } from './pool.js';
+import { createBarePool, createLeanQuery, createPgrelayPool, type LeanQuery, type PoolOptions } from './pool.js';
 import { horizonStall, publish, publishMany, read, versionSchema, type HorizonStall, type ReadOptions } from './log.js';
 import type { Cursor, Message, PublishInput, PublishOptions } from './schemas.js';
 import { subscriptionMethods, type SubscriptionMethods } from './subscriptions.js';
@@ -71,6 +70,7 @@ function bind(
   end: () => Promise<void>,
   waker: () => Promise<Waker | undefined> = async () => undefined,
   loopPool: () => PgQueryable | undefined = () => undefined,
+  lean?: LeanQuery,
 ): PgrelayClient {
   const client: PgrelayClient = {
     connection,
@@ -92,7 +92,7 @@ function bind(
     idempotent: (key, request, fn, options) => idempotent(connection, key, request, fn, options),
     streams: streamMethods(connection),
     projections: projectionMethods(connection),
-    sagas: sagaMethods(connection),
+    sagas: sagaMethods(connection, lean),
     cdc: cdcMethods(connection),
     horizonStall: () => horizonStall(connection),
     version: () => connection.oneFirst(sql.type(versionSchema)`SELECT pgrelay.version() AS version`),
@@ -101,20 +101,8 @@ function bind(
   return client;
 }
 
-/**
- * The node-postgres pool consumer loops use for fetch/complete/doorbell statements: as large as
- * the slonik pool, connections made on first use. An idle connection that dies is dropped by the
- * pool ('error' is reported there, and the next query opens a new connection).
- */
-export function createLoopPool(connectionString: string, options: PoolOptions = {}): pg.Pool {
-  const loopPool = new pg.Pool({
-    connectionString,
-    application_name: options.applicationName ?? 'pgrelay-consume',
-    max: options.maximumPoolSize ?? 10,
-  });
-  loopPool.on('error', () => {});
-  return loopPool;
-}
+/** The bare node-postgres pool consumer loops and sagas.start use (see createBarePool). */
+export const createLoopPool = createBarePool;
 
 /**
  * createClient({ connectionString }) makes its own pool (closed by end());
@@ -123,20 +111,21 @@ export function createLoopPool(connectionString: string, options: PoolOptions = 
 export async function createClient(options: ClientOptions): Promise<PgrelayClient> {
   if ('connectionString' in options) {
     const pool = await createPgrelayPool(options.connectionString, options);
+    // One bare node-postgres pool, opened on first use, for the hot paths: consume()'s loop
+    // statements (see ConsumeOptions.pgPool) and sagas.start.
+    const lean = createLeanQuery(options.connectionString, options);
     let waker: Promise<Waker> | undefined;
     const getWaker = (): Promise<Waker> => (waker ??= createWaker(options.connectionString));
-    // consume()'s loops run their own statements on plain node-postgres (see ConsumeOptions.pgPool).
-    let loopPool: pg.Pool | undefined;
-    const getLoopPool = (): pg.Pool => (loopPool ??= createLoopPool(options.connectionString, options));
     return bind(
       pool,
       async () => {
         if (waker !== undefined) await (await waker).close();
-        await loopPool?.end();
+        await lean.end();
         await pool.end();
       },
       getWaker,
-      getLoopPool,
+      lean.pool,
+      lean,
     );
   }
   if ('pool' in options) return bind(options.pool, async () => {});

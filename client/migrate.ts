@@ -110,6 +110,8 @@ async function installFunctions(client: pg.Client): Promise<{ functions: number;
     // Capture functions are generated code: regenerate them, so a table captured by an older
     // pgrelay runs this version's capture (its fixes, its message ids), not the one it was enabled with.
     await client.query('SELECT pgrelay._cdc_generate(c.relid) FROM pgrelay.cdc_tables c ORDER BY c.relid');
+    // _saga_call too (its file installs the fallback that runs every SQL step by dynamic EXECUTE).
+    await client.query('SELECT pgrelay._saga_generate_call()');
     // CREATE OR REPLACE rewrites each catalog row, so a function untouched by this transaction
     // (its row older than our xid; files ran in subtransactions, whose xids are younger) is one
     // whose file is gone or whose signature changed: drop it.
@@ -231,6 +233,9 @@ export function installScript(): string {
   for (const file of functionFiles()) {
     parts.push(`-- sql/functions/${file.name}`, file.sql.trim());
   }
+  // What migrate up generates after installing the functions (a fresh install has no captured
+  // tables and no saga definitions, so this writes _saga_call's fallback again, as migrate does).
+  parts.push('SELECT pgrelay._saga_generate_call();');
   parts.push('COMMIT;', '');
   return parts.join('\n\n');
 }

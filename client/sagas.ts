@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { mapErrors } from './errors.js';
 import type { Json } from './schemas.js';
 import type { BackoffOptions } from './subscriptions.js';
+import type { LeanQuery } from './pool.js';
 
 /** Where a step runs: a SQL function (input jsonb, context jsonb) RETURNS jsonb, or a worker queue. */
 export type SagaHandlerRef = { sql: string } | { worker: string };
@@ -184,8 +185,11 @@ export const toSagaTask = (row: z.infer<typeof sagaTaskRowSchema>): SagaTask => 
   leaseExpiresAt: row.lease_expires_at,
 });
 
-/** Typed calls of the saga functions (see sql/functions/sagas/). */
-export function sagaMethods(connection: CommonQueryMethods) {
+/**
+ * Typed calls of the saga functions (see sql/functions/sagas/). With `lean` (a client made from a
+ * connection string, outside transaction()), start runs on its bare `pg` pool (see createLeanQuery).
+ */
+export function sagaMethods(connection: CommonQueryMethods, lean?: LeanQuery) {
   return {
     /**
      * Registers a saga type, or a new version of it when the definition changed (pgrelay.saga_define).
@@ -204,6 +208,12 @@ export function sagaMethods(connection: CommonQueryMethods) {
     start: <I = unknown>(saga: string | SagaLike<I>, input: NoInfer<I>, options: SagaStartOptions = {}) =>
       mapErrors(async () => {
         const checked = checkedInput(saga, input);
+        if (lean !== undefined) {
+          const rows = await lean.rows<{ id: string }>('SELECT pgrelay.saga_start($1, $2::jsonb, $3) AS id',
+            [sagaTypeOf(saga), toJsonText(checked), options.idempotencyKey ?? null]);
+          if (rows.length !== 1) throw new Error(`pgrelay.saga_start returned ${rows.length} rows`);
+          return idSchema.parse(rows[0]).id;
+        }
         return connection.oneFirst(sql.type(idSchema)`
           SELECT pgrelay.saga_start(${sagaTypeOf(saga)}, ${toJsonText(checked)}::jsonb, ${options.idempotencyKey ?? null}) AS id`);
       }),

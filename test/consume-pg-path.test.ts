@@ -59,7 +59,7 @@ t.test("createClient's consume runs its loop on its own node-postgres pool", asy
   t.same(seen.map((m) => m.data), [{ n: 1 }], 'delivered');
   const c = await connect(t, url, 'observer');
   const { rows } = await c.query<{ n: number }>(
-    `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pgrelay-consume'`);
-  t.ok(rows[0]!.n >= 1, 'a pgrelay-consume connection serves the loop');
+    `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pgrelay-direct'`);
+  t.ok(rows[0]!.n >= 1, "a pgrelay-direct connection (the client's bare pool) serves the loop");
   await consumer.stop();
 });

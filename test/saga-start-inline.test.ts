@@ -3,10 +3,12 @@
 // saga over at exactly the state the step-by-step path reached: a failed attempt that will be
 // retried, a lost lock race (not an attempt), a worker step, a deadline passed between two steps;
 // that the events are in the order things happened, in one transaction, with per-message
-// next_xid bounds; and that definitions saved before migration 008 (no compiled steps) still start.
+// next_xid bounds; that definitions saved before migration 008 (no compiled steps) still start;
+// and that a saga without an idempotency key gets its row written once, in its final state, while
+// one with a key claims it first (concurrent starts with that key wait and get the winner's saga).
 import t, { type Test } from 'tap';
 import { type PgrelayClient } from '../client/index.ts';
-import { query } from './helpers/db.ts';
+import { query, withClient } from './helpers/db.ts';
 import { ledger, sagaDatabase, stepStates, waitForSaga } from './fixtures/sagas.ts';
 
 const SETUP = `
@@ -28,6 +30,13 @@ const SETUP = `
       RAISE EXCEPTION USING ERRCODE = v_state, MESSAGE = format('fault on %s', context ->> 'step');
     END IF;
     RETURN public.step_ok(input, context);
+  END $$;
+  CREATE FUNCTION public.step_peek(input jsonb, context jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+  BEGIN
+    INSERT INTO public.ledger (saga_id, entry)
+    VALUES ((step_peek.context ->> 'saga_id')::uuid, (step_peek.context ->> 'step') || ' saw the saga row ' ||
+            coalesce((SELECT s.status FROM pgrelay.sagas s WHERE s.id = (step_peek.context ->> 'saga_id')::uuid), 'absent'));
+    RETURN jsonb_build_object(step_peek.context ->> 'step', true);
   END $$;
   CREATE FUNCTION public.step_slow(input jsonb, context jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
   BEGIN
@@ -202,4 +211,52 @@ t.test('definitions saved before migration 008 (no compiled steps) start alike; 
 
   t.equal(await client.sagas.define('i.old', definition), 1, 'defining it again keeps the version');
   t.equal(await compiled(), before, 'and fills in the compiled steps');
+});
+
+t.test('the saga row: written once in its final state without a key; claimed first with one', async (t) => {
+  const { client, url } = await setup(t);
+  await client.sagas.define('i.peek', {
+    steps: [
+      { name: 'a', action: { sql: 'public.step_peek' } },
+      { name: 'b', action: { sql: 'public.step_peek' } },
+    ],
+  });
+  // Row writes of this transaction alone (pg_stat_xact_user_tables), so other tests cannot blur them.
+  const start = (key: string | null) =>
+    withClient(url, async (c) => {
+      await c.query('BEGIN');
+      const { rows: [{ id }] } = await c.query<{ id: string }>(`SELECT pgrelay.saga_start('i.peek', '{"n": 1}', $1) AS id`, [key]);
+      const { rows: [writes] } = await c.query<{ ins: number; upd: number }>(
+        `SELECT n_tup_ins::int AS ins, n_tup_upd::int AS upd FROM pg_stat_xact_user_tables WHERE relid = 'pgrelay.sagas'::regclass`);
+      await c.query('COMMIT');
+      return { id: id!, writes };
+    });
+
+  const plain = await start(null);
+  t.same(plain.writes, { ins: 1, upd: 0 }, 'without a key: one insert, no update of the saga row');
+  const plainStatus = await client.sagas.status(plain.id);
+  t.equal(plainStatus.status, 'completed');
+  t.same(plainStatus.context, { a: true, b: true });
+  t.same(await ledger(url, plain.id), ['a saw the saga row absent', 'b saw the saga row absent'],
+    'without a key the inline steps run before the saga row is written');
+  t.same((await events(url, plain.id)).map((e) => e.type),
+    ['saga.started', 'saga.step_succeeded', 'saga.step_succeeded', 'saga.completed'], 'events as before');
+
+  const keyed = await start('k-1');
+  t.same(keyed.writes, { ins: 1, upd: 1 }, 'with a key: the claim (insert), then one update');
+  t.equal((await client.sagas.status(keyed.id)).status, 'completed');
+  t.same(await ledger(url, keyed.id), ['a saw the saga row running', 'b saw the saga row running']);
+  t.equal((await start('k-1')).id, keyed.id, 'the same key returns the same saga');
+  t.same(await ledger(url, keyed.id), ['a saw the saga row running', 'b saw the saga row running'], 'and runs nothing again');
+});
+
+t.test('concurrent starts with one key while the first one runs its steps: one saga, its steps run once', async (t) => {
+  const { client, url } = await setup(t);
+  await client.sagas.define('i.slowkey', { steps: [{ name: 'slow', action: { sql: 'public.step_slow' } }] });
+  const ids = await Promise.all(Array.from({ length: 4 }, (_, i) => client.sagas.start('i.slowkey', { i }, { idempotencyKey: 'race' })));
+  t.equal(new Set(ids).size, 1, 'every racer got the same saga (the losers waited for the winner to commit)');
+  t.equal((await client.sagas.status(ids[0]!)).status, 'completed');
+  t.same(await ledger(url, ids[0]!), ['slow:action'], 'the step ran once');
+  const [count] = await query<{ n: number }>(url, `SELECT count(*)::int AS n FROM pgrelay.sagas WHERE saga_type = 'i.slowkey'`);
+  t.equal(count!.n, 1);
 });

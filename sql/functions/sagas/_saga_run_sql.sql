@@ -17,10 +17,10 @@ BEGIN
         RETURN;
     END IF;
     BEGIN
-        EXECUTE format('SELECT %s($1, $2)', v_proc::oid::regproc) INTO output
-            USING p_saga.input, p_saga.context || jsonb_build_object('saga_id', p_saga.id, 'step', p_step.name,
-                                                                    'phase', p_phase, 'attempt', p_step.attempts,
-                                                                    'idempotency_key', p_saga.id || ':' || p_step.name || ':' || p_phase);
+        output := pgrelay._saga_call(v_proc, p_saga.input,
+                                     p_saga.context || jsonb_build_object('saga_id', p_saga.id, 'step', p_step.name,
+                                                                          'phase', p_phase, 'attempt', p_step.attempts,
+                                                                          'idempotency_key', p_saga.id || ':' || p_step.name || ':' || p_phase));
         ok := true;
     EXCEPTION WHEN OTHERS THEN
         ok := false;

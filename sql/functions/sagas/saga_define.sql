@@ -77,6 +77,7 @@ DECLARE
     v_latest  pgrelay.saga_definitions;
     v_def     jsonb;
     v_number  numeric;
+    v_version integer;
 BEGIN
     IF saga_define.saga_type IS NULL OR saga_define.saga_type !~ '^[A-Za-z0-9._-]{1,190}$' THEN
         PERFORM pgrelay._raise('PR001', v_fn, 'saga_type',
@@ -143,14 +144,24 @@ BEGIN
     SELECT * INTO v_latest FROM pgrelay.saga_definitions d
     WHERE d.saga_type = saga_define.saga_type ORDER BY d.version DESC LIMIT 1;
     IF FOUND AND v_latest.definition = v_def THEN
+        v_version := v_latest.version;
         IF v_latest.steps IS NULL THEN  -- defined before migration 008: compile it now
             UPDATE pgrelay.saga_definitions d SET steps = pgrelay._saga_compile(v_fn, v_def)
              WHERE d.saga_type = v_latest.saga_type AND d.version = v_latest.version;
         END IF;
-        RETURN v_latest.version;
+    ELSE
+        v_version := coalesce(v_latest.version, 0) + 1;
+        INSERT INTO pgrelay.saga_definitions (saga_type, version, definition, steps)
+        VALUES (saga_define.saga_type, v_version, v_def, pgrelay._saga_compile(v_fn, v_def));
     END IF;
-    INSERT INTO pgrelay.saga_definitions (saga_type, version, definition, steps)
-    VALUES (saga_define.saga_type, coalesce(v_latest.version, 0) + 1, v_def, pgrelay._saga_compile(v_fn, v_def));
-    RETURN coalesce(v_latest.version, 0) + 1;
+    -- SQL handlers that _saga_call cannot call statically yet (new, or created again since the
+    -- last generation): generate it again, so that steps run without a dynamic EXECUTE.
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(v_def -> 'steps') AS st,
+                             LATERAL (VALUES (st -> 'action'), (st -> 'compensation')) AS hv(h)
+                WHERE jsonb_typeof(hv.h) = 'object' AND hv.h ? 'sql'
+                  AND NOT pgrelay._saga_call_knows(to_regprocedure((hv.h ->> 'sql') || '(jsonb, jsonb)'))) THEN
+        PERFORM pgrelay._saga_generate_call();
+    END IF;
+    RETURN v_version;
 END;
 $$;

@@ -20,7 +20,7 @@ BEGIN
         PERFORM pgrelay._raise('PR001', v_fn, 'max_rows', 'must be between 1 and 100000');
     END IF;
     RETURN QUERY
-    SELECT s.id, s.saga_type, s.version, s.status, s.compensation_reason, cur.name, cur.status, cur.attempts, cur.last_error,
+    SELECT s.id, s.saga_type, s.version, s.status::text, s.compensation_reason, cur.name, cur.status, cur.attempts, cur.last_error,
            s.error, s.created_at, s.updated_at
     FROM pgrelay.sagas s
     LEFT JOIN LATERAL (
