@@ -16,6 +16,12 @@ export type BenchServer = {
   readonly description: string;
   /** A new empty database (an older one of that name is dropped first); pgrelay installed unless { migrated: false }. */
   database(name: string, options?: { migrated?: boolean }): Promise<string>;
+  /**
+   * Drops the named databases (earlier parts' leftovers), runs a CHECKPOINT and waits (up to 60 s)
+   * until no autovacuum worker runs: a latency measurement then does not share the two cores with
+   * the clean-up of the parts before it.
+   */
+  settle(dropDatabases?: readonly string[]): Promise<void>;
   stop(): Promise<void>;
 };
 
@@ -73,6 +79,18 @@ export async function startBenchServer(log: (line: string) => void): Promise<Ben
       const url = databaseUrl(adminUrl, name);
       if (options.migrated !== false) await migrate({ connectionString: url, direction: 'up' });
       return url;
+    },
+    async settle(dropDatabases = []) {
+      await withPg(adminUrl, async (c) => {
+        for (const name of dropDatabases) await c.query(`DROP DATABASE IF EXISTS ${quoteIdent(name)} WITH (FORCE)`);
+        await c.query('CHECKPOINT');
+        const deadline = Date.now() + 60_000;
+        while (Date.now() < deadline) {
+          const { rows } = await c.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'`);
+          if (rows[0]!.n === 0) return;
+          await new Promise((resolve) => setTimeout(resolve, 200));
+        }
+      });
     },
     stop,
   };
