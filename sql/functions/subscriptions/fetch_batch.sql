@@ -75,6 +75,10 @@ BEGIN
         RETURN;
     END IF;
 
+    -- Free partitions with nothing of their own below the horizon skip ahead to it (no rescans of
+    -- other topics' messages on every fetch; see the function).
+    PERFORM pgrelay._advance_idle_cursors(v_sub, fetch_batch.partition_index);
+
     FOR v_part IN
         SELECT * FROM pgrelay.subscription_partitions p
         WHERE p.subscription = v_sub.name
