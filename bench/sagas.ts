@@ -10,7 +10,7 @@ import { createClient, createSagaWorker, defineSaga, TERMINAL_SAGA_STATUSES } fr
 import { z } from 'zod';
 import { perSecond, ratio, timed, withPg, type BenchContext, type BenchSuite } from './lib.js';
 
-const CONCURRENCY = 32;
+const CONCURRENCY = Number(process.env.PGRELAY_BENCH_CONCURRENCY ?? 32);
 
 const median = (values: number[]): number => {
   const sorted = [...values].sort((a, b) => a - b);
