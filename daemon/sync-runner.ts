@@ -45,9 +45,6 @@ function sourceKeyFields(sync: SyncDefinition) {
 
 type Batch = { n: number; messages: string | null; to: Cursor };
 
-/** How far (in transactions) the read horizon must be past the checkpoint before an empty read moves it. */
-const SKIP_AHEAD_XIDS = 1000n;
-
 /** The next batch after a cursor, as the JSON text pgrelay.sync_apply takes (never decoded here). */
 async function readBatch(source: DatabasePool, sync: SyncDefinition, from: Cursor, maxMessages: number): Promise<Batch> {
   const row = await source.one(sql.type(batchSchema)`
@@ -74,9 +71,9 @@ export async function runSyncStep(source: DatabasePool, target: DatabasePool, sy
     for (let i = 0; i < maxBatches; i++) {
       const batch = await next;
       if (batch.n === 0 || batch.messages === null) {
-        // Nothing new, but the read passed other topics' messages up to the horizon: record that
-        // once it is far enough ahead, so later reads do not walk the same stretch again.
-        if (BigInt(batch.to.xid) - BigInt(from.xid) < SKIP_AHEAD_XIDS) break;
+        // Nothing new. sync_read moves the cursor past other topics' messages to the read horizon
+        // once that is 1,000 transactions ahead: record it, so later reads skip that stretch.
+        if (batch.to.xid === from.xid && batch.to.position === from.position) break;
         batch.messages = '[]';
         next = Promise.resolve({ n: 0, messages: null, to: batch.to });
       } else {

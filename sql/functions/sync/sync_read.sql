@@ -6,9 +6,12 @@
 -- key_fields (CDC only): the source fields the target key is built from; an update that changes
 -- none of them travels without its before image (sync_apply needs it only for key changes).
 -- A short batch (fewer than max_messages) means the walk passed every message below the horizon,
--- so the cursor moves to (horizon, 0) even past the last message returned, or with none returned:
--- a sync of a rare topic in a busy log does not rescan other topics' messages on every read. The
--- horizon is taken before the walk, whose own horizon can only be the same or later.
+-- so the cursor moves to (horizon, 0) even past the last message returned: a sync of a rare topic
+-- in a busy log does not rescan other topics' messages on every read. With no message returned it
+-- does so only once the horizon is 1,000 transactions past the cursor (the caller then writes a
+-- checkpoint with an empty batch; one write per idle read would be a write for nothing); otherwise
+-- to_xid/to_position are NULL. The horizon is taken before the walk, whose own horizon can only be
+-- the same or later.
 CREATE OR REPLACE FUNCTION pgrelay.sync_read(topics text[], after_xid xid8, after_position bigint, max_messages integer DEFAULT 2000,
                                              key_fields text[] DEFAULT NULL,
                                              OUT messages_count integer, OUT messages text, OUT to_xid xid8, OUT to_position bigint)
@@ -47,7 +50,8 @@ BEGIN
       INTO messages_count, messages, to_xid, to_position
       FROM b;
     IF messages_count < sync_read.max_messages
-       AND (v_horizon, 0::bigint) > (coalesce(to_xid, sync_read.after_xid), coalesce(to_position, sync_read.after_position)) THEN
+       AND (v_horizon, 0::bigint) > (coalesce(to_xid, sync_read.after_xid), coalesce(to_position, sync_read.after_position))
+       AND (messages_count > 0 OR v_horizon::text::numeric - sync_read.after_xid::text::numeric >= 1000) THEN
         to_xid := v_horizon;
         to_position := 0;
     END IF;

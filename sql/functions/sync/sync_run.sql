@@ -1,9 +1,8 @@
 -- pgrelay.sync_run(name, max_messages): for a sync whose target is in this database, read the
 -- next gapless batch after its checkpoint and apply it, all in this transaction. Returns how
 -- many row changes it applied (0: nothing new). Cross-database syncs are run by the daemon.
--- As in pgrelay.sync_read, a short batch moves the checkpoint to the read horizon; with no
--- change at all it does so only once the horizon is 1,000 transactions ahead (one checkpoint
--- write per idle call would be a write for nothing).
+-- It reads what pgrelay.sync_read gives the daemon, so a short batch moves the checkpoint to the
+-- read horizon, and an empty one once the horizon is 1,000 transactions ahead.
 CREATE OR REPLACE FUNCTION pgrelay.sync_run(name text, max_messages integer DEFAULT 1000)
 RETURNS integer
 LANGUAGE plpgsql
@@ -16,8 +15,6 @@ DECLARE
     v_messages    jsonb;
     v_to_xid      xid8;
     v_to_position bigint;
-    v_count       integer;
-    v_horizon     xid8 := pg_snapshot_xmin(pg_current_snapshot());
     v_key_fields  text[];
     v_applied integer;
 BEGIN
@@ -28,7 +25,7 @@ BEGIN
     v_sync := pgrelay._sync_local(v_fn, sync_run.name, 'the daemon runs it');
     INSERT INTO pgrelay.sync_checkpoints AS c (name) VALUES (sync_run.name) ON CONFLICT ON CONSTRAINT sync_checkpoints_pkey DO NOTHING;
     SELECT * INTO v_cp FROM pgrelay.sync_checkpoints c WHERE c.name = sync_run.name FOR UPDATE;
-    -- As the daemon does for pgrelay.sync_read: when every key column comes from a source field,
+    -- As the daemon does: when every key column comes from a source field,
     -- an update that changes none of them goes without its before image (sync_apply reads it only
     -- to delete the old key of a key change).
     IF v_sync.source_format = 'cdc' AND NOT EXISTS (
@@ -37,32 +34,11 @@ BEGIN
         v_key_fields := ARRAY(SELECT coalesce(v_sync.target -> 'columns' ->> k, k)
                               FROM jsonb_array_elements_text(v_sync.target -> 'key_columns') AS k);
     END IF;
-    -- The walk pgrelay.sync_read reads (pgrelay._sync_walk: gapless; per-key order is kept by
-    -- sync_apply's row versions), as the jsonb array sync_apply takes, and its last cursor.
-    WITH b AS MATERIALIZED (
-        SELECT * FROM pgrelay._sync_walk(v_sync.topics, v_cp.cursor_xid, v_cp.cursor_position, sync_run.max_messages)
-    )
-    SELECT count(*)::integer,
-           jsonb_agg(jsonb_build_object('position', b.position, 'type', b.type,
-                                        'data', CASE WHEN b.type = 'update' AND v_key_fields IS NOT NULL
-                                                          AND NOT EXISTS (SELECT 1 FROM unnest(v_key_fields) AS k
-                                                                          WHERE b.data -> 'before' -> k IS DISTINCT FROM b.data -> 'after' -> k)
-                                                     THEN jsonb_build_object('after', b.data -> 'after')
-                                                     ELSE b.data END,
-                                        'created_at', b.created_at)
-                     ORDER BY b.position),
-           (SELECT l.xid FROM b AS l ORDER BY l.xid DESC, l.position DESC LIMIT 1),
-           (SELECT l.position FROM b AS l ORDER BY l.xid DESC, l.position DESC LIMIT 1)
-      INTO v_count, v_messages, v_to_xid, v_to_position
-      FROM b;
-    IF v_count < sync_run.max_messages
-       AND (v_horizon, 0::bigint) > (coalesce(v_to_xid, v_cp.cursor_xid), coalesce(v_to_position, v_cp.cursor_position)) THEN
-        IF v_messages IS NULL AND v_horizon::text::numeric - v_cp.cursor_xid::text::numeric < 1000 THEN
-            RETURN 0;
-        END IF;
-        v_to_xid := v_horizon;
-        v_to_position := 0;
-    ELSIF v_messages IS NULL THEN
+    -- The batch pgrelay.sync_read gives the daemon (its cursor moved to the read horizon when the
+    -- batch is short, or when empty and 1,000 transactions behind; NULL: nothing to do).
+    SELECT r.messages::jsonb, r.to_xid, r.to_position INTO v_messages, v_to_xid, v_to_position
+      FROM pgrelay.sync_read(v_sync.topics, v_cp.cursor_xid, v_cp.cursor_position, sync_run.max_messages, v_key_fields) AS r;
+    IF v_to_xid IS NULL THEN
         RETURN 0;
     END IF;
     v_applied := pgrelay.sync_apply(sync_run.name, v_sync.target, coalesce(v_messages, '[]'),
