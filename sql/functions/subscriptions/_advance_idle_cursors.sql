@@ -1,6 +1,6 @@
 -- pgrelay._advance_idle_cursors(subscription, partition_index): move the cursor of every free
 -- partition that has nothing of its own below the read horizon to (horizon, 0). Called by
--- pgrelay.fetch_batch before it looks for work.
+-- pgrelay.fetch_batch when it finds nothing to hand out.
 --
 -- Without it, a subscription of a rare topic in a busy log kept its cursor at its last message,
 -- so every fetch (each doorbell ring, each safety poll) walked all other topics' messages since

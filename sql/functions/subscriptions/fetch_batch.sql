@@ -75,10 +75,6 @@ BEGIN
         RETURN;
     END IF;
 
-    -- Free partitions with nothing of their own below the horizon skip ahead to it (no rescans of
-    -- other topics' messages on every fetch; see the function).
-    PERFORM pgrelay._advance_idle_cursors(v_sub, fetch_batch.partition_index);
-
     FOR v_part IN
         SELECT * FROM pgrelay.subscription_partitions p
         WHERE p.subscription = v_sub.name
@@ -177,5 +173,10 @@ BEGIN
             ORDER BY m.position;
         RETURN;
     END LOOP;
+
+    -- Nothing to hand out: free partitions with nothing of their own below the horizon skip ahead
+    -- to it (no rescans of other topics' messages on every empty fetch; see the function). Only
+    -- here, so a fetch that finds work does not look at every partition's stretch a second time.
+    PERFORM pgrelay._advance_idle_cursors(v_sub, fetch_batch.partition_index);
 END;
 $$;
