@@ -1,5 +1,5 @@
 import { sql, type CommonQueryMethods, type DatabasePool } from 'slonik';
-import { createBarePool, createLeanQuery, createPgrelayPool, type LeanQuery, type PoolOptions } from './pool.js';
+import { createLeanQuery, createPgrelayPool, type LeanQuery, type PoolOptions } from './pool.js';
 import { horizonStall, publish, publishMany, read, versionSchema, type HorizonStall, type ReadOptions } from './log.js';
 import type { Cursor, Message, PublishInput, PublishOptions } from './schemas.js';
 import { subscriptionMethods, type SubscriptionMethods } from './subscriptions.js';
@@ -100,9 +100,6 @@ function bind(
   };
   return client;
 }
-
-/** The bare node-postgres pool consumer loops and sagas.start use (see createBarePool). */
-export const createLoopPool = createBarePool;
 
 /**
  * createClient({ connectionString }) makes its own pool (closed by end());

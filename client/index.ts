@@ -1,5 +1,5 @@
-export { createClient, createLoopPool, type ClientOptions, type PgrelayClient } from './client.js';
-export { createPgrelayPool, createResultParserInterceptor, createTypeParsers } from './pool.js';
+export { createClient, type ClientOptions, type PgrelayClient } from './client.js';
+export { createBarePool, createPgrelayPool, createResultParserInterceptor, createTypeParsers } from './pool.js';
 export { migrate, migrationStatus, installScript, type MigrateOptions, type MigrateResult, type MigrationStatus } from './migrate.js';
 export { cursorAfter, read, publish, publishMany, horizonStall, type ReadOptions, type HorizonStall } from './log.js';
 export {

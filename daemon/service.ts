@@ -4,7 +4,7 @@ import type pg from 'pg';
 import { sql, type DatabasePool } from 'slonik';
 import { z } from 'zod';
 import {
-  createLoopPool,
+  createBarePool,
   createPgrelayPool,
   createWaker,
   migrationStatus,
@@ -185,7 +185,7 @@ export function createRelayService(options: RelayServiceOptions): RelayService {
         maximumPoolSize: options.maximumPoolSize ?? 10,
         applicationName: 'pgrelay-daemon',
       });
-      loopPool = createLoopPool(options.connectionString, {
+      loopPool = createBarePool(options.connectionString, {
         maximumPoolSize: options.maximumPoolSize ?? 10,
         applicationName: 'pgrelay-daemon',
       });

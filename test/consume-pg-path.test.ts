@@ -3,7 +3,7 @@
 // createClient's consumers really run their statements on it.
 import t from 'tap';
 import { createClient, LeaseLostError, type Message } from '../client/index.ts';
-import { createLoopPool } from '../client/client.ts';
+import { createBarePool } from '../client/pool.ts';
 import { pgStatements, slonikStatements } from '../client/consume.ts';
 import { connect, freshDatabase } from './helpers/db.ts';
 
@@ -11,7 +11,7 @@ t.test('node-postgres and slonik fetch the same deliveries; a stale token is Lea
   const { connectionString: url } = await freshDatabase(t);
   const client = await createClient({ connectionString: url, maximumPoolSize: 2 });
   t.teardown(() => client.end());
-  const pool = createLoopPool(url, { maximumPoolSize: 2 });
+  const pool = createBarePool(url, { maximumPoolSize: 2 });
   t.teardown(() => pool.end());
   await client.subscriptions.subscribe('same', ['orders'], { type: 'consumer' }, { start: 'earliest' });
   await client.publish({ topic: 'orders', key: 'k-1', type: 'placed', data: { n: 1, nested: { a: [1, 'two'] } }, metadata: { trace: 'x' } });

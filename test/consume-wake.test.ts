@@ -9,7 +9,7 @@ import t, { type Test } from 'tap';
 import type { CommonQueryMethods } from 'slonik';
 import type pg from 'pg';
 import { createClient, createWaker, startConsumer, type Handler, type Message, type PgrelayClient, type Waker } from '../client/index.ts';
-import { createLoopPool } from '../client/client.ts';
+import { createBarePool } from '../client/pool.ts';
 import type { PgQueryable } from '../client/consume.ts';
 import { connect, freshDatabase } from './helpers/db.ts';
 
@@ -72,7 +72,7 @@ type Path = (typeof PATHS)[number];
 
 function startHooked(t: Test, path: Path, url: string, client: PgrelayClient, waker: Waker, hooks: Hooks, handler: Handler) {
   if (path === 'slonik') return startConsumer(hooked(client.connection, hooks), 'wake', handler, { waker, idlePollMs: SAFETY_POLL_MS });
-  const pool = createLoopPool(url, { maximumPoolSize: 4 });
+  const pool = createBarePool(url, { maximumPoolSize: 4 });
   t.teardown(() => pool.end());
   return startConsumer(client.connection, 'wake', handler, { waker, idlePollMs: SAFETY_POLL_MS, pgPool: hookedPg(pool, hooks) });
 }
