@@ -18,6 +18,19 @@ BEGIN
 END;
 $$;
 
+-- pgrelay._saga_sql_handlers(definition): the functions a saga definition names as SQL actions
+-- or compensations, as they resolve now (NULL for a name that does not).
+CREATE OR REPLACE FUNCTION pgrelay._saga_sql_handlers(p_definition jsonb)
+RETURNS SETOF oid
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT to_regprocedure((hv.h ->> 'sql') || '(jsonb, jsonb)')::oid
+      FROM jsonb_array_elements(p_definition -> 'steps') AS st,
+           LATERAL (VALUES (st -> 'action'), (st -> 'compensation')) AS hv(h)
+     WHERE jsonb_typeof(hv.h) = 'object' AND hv.h ? 'sql'
+$$;
+
 -- pgrelay._saga_generate_call(): (re)write _saga_call with a static call of every function that a
 -- saga definition names as a SQL action or compensation (and exists now). The names in the
 -- generated code are schema-qualified and quoted (quote_ident), never the definition's text.
@@ -35,11 +48,7 @@ BEGIN
       INTO v_cases
       FROM pg_proc p
       JOIN pg_namespace n ON n.oid = p.pronamespace
-     WHERE p.oid IN (SELECT to_regprocedure((h ->> 'sql') || '(jsonb, jsonb)')
-                       FROM pgrelay.saga_definitions d,
-                            jsonb_array_elements(d.definition -> 'steps') AS st,
-                            LATERAL (VALUES (st -> 'action'), (st -> 'compensation')) AS hv(h)
-                      WHERE jsonb_typeof(h) = 'object' AND h ? 'sql');
+     WHERE p.oid IN (SELECT h.proc FROM pgrelay.saga_definitions d, pgrelay._saga_sql_handlers(d.definition) AS h(proc));
     EXECUTE format($f$
 CREATE OR REPLACE FUNCTION pgrelay._saga_call(p_proc oid, p_input jsonb, p_context jsonb)
 RETURNS jsonb

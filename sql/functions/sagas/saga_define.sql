@@ -156,10 +156,7 @@ BEGIN
     END IF;
     -- SQL handlers that _saga_call cannot call statically yet (new, or created again since the
     -- last generation): generate it again, so that steps run without a dynamic EXECUTE.
-    IF EXISTS (SELECT 1 FROM jsonb_array_elements(v_def -> 'steps') AS st,
-                             LATERAL (VALUES (st -> 'action'), (st -> 'compensation')) AS hv(h)
-                WHERE jsonb_typeof(hv.h) = 'object' AND hv.h ? 'sql'
-                  AND NOT pgrelay._saga_call_knows(to_regprocedure((hv.h ->> 'sql') || '(jsonb, jsonb)'))) THEN
+    IF EXISTS (SELECT 1 FROM pgrelay._saga_sql_handlers(v_def) AS h(proc) WHERE NOT pgrelay._saga_call_knows(h.proc)) THEN
         PERFORM pgrelay._saga_generate_call();
     END IF;
     RETURN v_version;
