@@ -26,7 +26,7 @@ $$;
 
 -- The one-argument form is inlined into publish (and the batch writers), where each function in
 -- the expression is set up again in every transaction: so it has as few as give the same layout
--- (9 calls against 17 for the general form above): no floor() (the casts round instead: the
+-- (16 function calls against 19 before): no floor() (the casts round instead: the
 -- 12-bit draw is scaled by 4095 so that it cannot carry into the version, and a 48-bit draw that
 -- rounds up to 2^48 shifts out of the word), and no mask on the position (positions are below
 -- 2^62; above it the id would still be unique, only its variant bits would change).
