@@ -2,8 +2,8 @@
 // connection string, outside transaction()).
 //
 // Each start is queued; a group statement goes out whenever one of `maxInFlight` slots is free,
-// carrying what is queued then (at most maxGroupSize starts, and at most MAX_GROUP_BYTES of input
-// JSON). No timer: a lone caller finds a slot free and its start goes out at once, as the same
+// carrying its share of what is queued then (shared among the free slots; at most maxGroupSize
+// starts, and at most MAX_GROUP_BYTES of input JSON). No timer: a lone caller finds a slot free and its start goes out at once, as the same
 // one-row statement as without grouping; under load, starts that arrive while the slots are busy
 // wait for the next free slot and go out together: one statement, one transaction, one commit for
 // all their sagas (and their SQL steps), like startMany.
@@ -24,7 +24,8 @@ export type SagaStartGroupingOption =
       /**
        * Group statements in flight at once (each holds one connection of the client's bare pool).
        * Starts that arrive while all are busy wait for the next free one and go out together.
-       * Default 4 (at most maximumPoolSize). More uses more server cores at once, in smaller groups.
+       * Default 2 (at most maximumPoolSize). Each keeps one backend busy: more uses more server cores
+       * at once, in smaller groups (raise it for a server with many cores).
        */
       maxInFlight?: number;
     };
@@ -32,7 +33,7 @@ export type SagaStartGroupingOption =
 export type SagaStartGrouping = { maxGroupSize: number; maxInFlight: number };
 
 export const DEFAULT_MAX_GROUP_SIZE = 100;
-export const DEFAULT_MAX_IN_FLIGHT = 4;
+export const DEFAULT_MAX_IN_FLIGHT = 2;
 /** A group stops growing past this much input JSON text (a single larger start still goes, alone). */
 export const MAX_GROUP_BYTES = 1 << 20;
 
@@ -105,9 +106,15 @@ export function createSagaStartGrouper(lean: LeanQuery, limits: SagaStartGroupin
   let scheduled = false;
 
   const take = (): Pending[] => {
+    // What is queued is shared among the free slots: 32 callers and 4 free slots make 4 groups of
+    // 8 in flight at once, not one of 32 while 3 slots idle (and their callers, all answered at
+    // once, would come back together and form one group again: a convoy that leaves the server
+    // one statement at a time and its commits unoverlapped).
+    const free = limits.maxInFlight - inFlight;
+    const size = Math.min(limits.maxGroupSize, Math.ceil((queue.length - head) / free));
     const group: Pending[] = [];
     let bytes = 0;
-    while (head < queue.length && group.length < limits.maxGroupSize) {
+    while (head < queue.length && group.length < size) {
       const next = queue[head]!;
       if (group.length > 0 && bytes + next.input.length > MAX_GROUP_BYTES) break;
       bytes += next.input.length;

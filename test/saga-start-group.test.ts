@@ -125,7 +125,7 @@ t.test('concurrent starts are grouped; each caller gets its own saga; nothing vi
 
 t.test('steady load from many callers: groups form as slots free up', async (t) => {
   const { url, open } = await setup(t);
-  const client = await open({ maximumPoolSize: 8 }); // defaults: maxGroupSize 100, maxInFlight 4
+  const client = await open({ maximumPoolSize: 8 }); // defaults: maxGroupSize 100, maxInFlight 2
   await client.sagas.define('g.three', THREE);
   const ids: string[][] = Array.from({ length: 16 }, () => []);
   await Promise.all(ids.map(async (mine, caller) => {
