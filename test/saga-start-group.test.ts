@@ -6,7 +6,8 @@
 // work, a duplicate idempotency key in one group gives one saga and the same id to both, a failing
 // step still compensates. A bad start among good ones rejects alone with the error class,
 // SQLSTATE and message it has without grouping, every other start completes; a group whose
-// connection dies is not retried (the outcome is unknown). Grouping off, and starts inside
+// connection dies is not retried (the outcome is unknown); a group stops growing at 1 MiB of
+// input. Grouping off, and starts inside
 // transaction(), give one transaction per start (or the caller's).
 import t, { type Test } from 'tap';
 import { sql } from 'slonik';
@@ -288,4 +289,19 @@ t.test('a group whose connection dies is not retried: every caller of it gets th
   t.equal(count!.n, 1, 'nothing was retried: only the first saga exists');
   const after = await client.sagas.start('g.slow', { n: 10 });
   t.equal((await client.sagas.status(after)).status, 'completed', 'the client goes on with a new connection');
+});
+
+t.test('a group stops growing at 1 MiB of input; a large start still completes', async (t) => {
+  const { url, open } = await setup(t);
+  const client = await open({ sagaStartGrouping: { maxGroupSize: 100, maxInFlight: 1 } });
+  await client.sagas.define('g.three', THREE);
+  const blob = 'x'.repeat(300_000); // 4 of these are over 1 MiB, 3 are not
+  const ids = await Promise.all(Array.from({ length: 10 }, (_, n) => client.sagas.start('g.three', { n, blob })));
+  const rows = await query<{ id: string; n: number; status: string }>(url,
+    `SELECT id::text, (input ->> 'n')::int AS n, status FROM pgrelay.sagas WHERE id = ANY($1::uuid[])`, [ids]);
+  const byId = new Map(rows.map((r) => [r.id, r]));
+  t.ok(ids.every((id, n) => byId.get(id)?.n === n && byId.get(id)?.status === 'completed'), 'all completed, each its own');
+  const tx = await transactions(url, ids);
+  t.equal(tx.largest, 3, 'at most 3 inputs of 300 kB in one group');
+  t.equal(tx.rows, 4, '10 starts in groups of 3, 3, 3, 1');
 });
