@@ -164,10 +164,14 @@ export function createSagaStartGrouper(lean: LeanQuery, limits: SagaStartGroupin
     while (inFlight < limits.maxInFlight && head < queue.length) {
       const group = take();
       inFlight += 1;
-      void runGroup(group).finally(() => {
-        inFlight -= 1;
-        pump();
-      });
+      void runGroup(group)
+        // Not expected (runGroup settles every start itself), but no caller may be left waiting;
+        // settling an already settled start does nothing.
+        .catch((error: unknown) => group.forEach((p) => p.reject(error)))
+        .finally(() => {
+          inFlight -= 1;
+          pump();
+        });
     }
   };
 

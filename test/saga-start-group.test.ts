@@ -7,8 +7,8 @@
 // step still compensates. A bad start among good ones rejects alone with the error class,
 // SQLSTATE and message it has without grouping, every other start completes; a group whose
 // connection dies is not retried (the outcome is unknown); a group stops growing at 1 MiB of
-// input. Grouping off, and starts inside
-// transaction(), give one transaction per start (or the caller's).
+// input. Grouping off, and starts inside transaction(), give one transaction per start (or the
+// caller's).
 import t, { type Test } from 'tap';
 import { sql } from 'slonik';
 import {
