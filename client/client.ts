@@ -12,10 +12,18 @@ import { idempotencyMethods, idempotent, type IdempotencyMethods, type Idempoten
 import { streamMethods, type StreamMethods } from './events.js';
 import { projectionMethods, type ProjectionMethods } from './projections.js';
 import { sagaMethods, type SagaMethods } from './sagas.js';
+import { sagaStartGrouping, type SagaStartGrouping, type SagaStartGroupingOption } from './saga-start-group.js';
 import { cdcMethods, type CdcMethods } from './cdc.js';
 
 export type ClientOptions =
-  | ({ connectionString: string } & PoolOptions)
+  | ({
+      connectionString: string;
+      /**
+       * Group concurrent sagas.start calls into one statement (one transaction) each: true (the
+       * default), false (one statement per start), or { maxGroupSize, maxInFlight }. See README, Sagas.
+       */
+      sagaStartGrouping?: SagaStartGroupingOption;
+    } & PoolOptions)
   | { pool: DatabasePool }
   | { connection: CommonQueryMethods };
 
@@ -71,6 +79,7 @@ function bind(
   waker: () => Promise<Waker | undefined> = async () => undefined,
   loopPool: () => PgQueryable | undefined = () => undefined,
   lean?: LeanQuery,
+  grouping?: SagaStartGrouping,
 ): PgrelayClient {
   const client: PgrelayClient = {
     connection,
@@ -92,7 +101,7 @@ function bind(
     idempotent: (key, request, fn, options) => idempotent(connection, key, request, fn, options),
     streams: streamMethods(connection),
     projections: projectionMethods(connection),
-    sagas: sagaMethods(connection, lean),
+    sagas: sagaMethods(connection, lean, grouping),
     cdc: cdcMethods(connection),
     horizonStall: () => horizonStall(connection),
     version: () => connection.oneFirst(sql.type(versionSchema)`SELECT pgrelay.version() AS version`),
@@ -107,6 +116,7 @@ function bind(
  */
 export async function createClient(options: ClientOptions): Promise<PgrelayClient> {
   if ('connectionString' in options) {
+    const grouping = sagaStartGrouping(options.sagaStartGrouping, options.maximumPoolSize ?? 10);
     const pool = await createPgrelayPool(options.connectionString, options);
     // One bare node-postgres pool, opened on first use, for the hot paths: consume()'s loop
     // statements (see ConsumeOptions.pgPool) and sagas.start.
@@ -123,6 +133,7 @@ export async function createClient(options: ClientOptions): Promise<PgrelayClien
       getWaker,
       lean.pool,
       lean,
+      grouping,
     );
   }
   if ('pool' in options) return bind(options.pool, async () => {});

@@ -86,6 +86,7 @@ export {
   type SagaListRow,
   type SagaListOptions,
 } from './sagas.js';
+export { DEFAULT_MAX_GROUP_SIZE, DEFAULT_MAX_IN_FLIGHT, type SagaStartGroupingOption } from './saga-start-group.js';
 export { defineSaga, NonRetryableError, type Saga, type RunnableSaga, type SagaStepOptions, type DefineSagaOptions, type StepHandler, type StepRun } from './define-saga.js';
 export { createSagaWorker, type SagaWorker, type SagaWorkerOptions, type SagaWorkerStats, type SagaWorkerLogger } from './saga-worker.js';
 export {

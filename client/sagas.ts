@@ -4,6 +4,7 @@ import { mapErrors } from './errors.js';
 import type { Json } from './schemas.js';
 import type { BackoffOptions } from './subscriptions.js';
 import type { LeanQuery } from './pool.js';
+import { createSagaStartGrouper, startOne, type SagaStartGrouping } from './saga-start-group.js';
 
 /** Where a step runs: a SQL function (input jsonb, context jsonb) RETURNS jsonb, or a worker queue. */
 export type SagaHandlerRef = { sql: string } | { worker: string };
@@ -187,9 +188,11 @@ export const toSagaTask = (row: z.infer<typeof sagaTaskRowSchema>): SagaTask => 
 
 /**
  * Typed calls of the saga functions (see sql/functions/sagas/). With `lean` (a client made from a
- * connection string, outside transaction()), start runs on its bare `pg` pool (see createLeanQuery).
+ * connection string, outside transaction()), start runs on its bare `pg` pool (see createLeanQuery),
+ * and with `grouping` concurrent starts go out together (see saga-start-group.ts).
  */
-export function sagaMethods(connection: CommonQueryMethods, lean?: LeanQuery) {
+export function sagaMethods(connection: CommonQueryMethods, lean?: LeanQuery, grouping?: SagaStartGrouping) {
+  const grouper = lean !== undefined && grouping !== undefined ? createSagaStartGrouper(lean, grouping) : undefined;
   return {
     /**
      * Registers a saga type, or a new version of it when the definition changed (pgrelay.saga_define).
@@ -204,16 +207,17 @@ export function sagaMethods(connection: CommonQueryMethods, lean?: LeanQuery) {
     /**
      * Starts a saga (pgrelay.saga_start) and returns its id. Due SQL steps run in this call's
      * transaction. The same idempotencyKey (per saga type) returns the same saga.
+     *
+     * On a client made from a connection string (outside transaction()), starts made while
+     * earlier ones are in flight go out together, one statement and one transaction for the group
+     * (createClient's sagaStartGrouping): a SQL step's locks are then held until its group commits.
+     * Each call still gets its own id or its own error (a failed group is retried start by start).
      */
     start: <I = unknown>(saga: string | SagaLike<I>, input: NoInfer<I>, options: SagaStartOptions = {}) =>
       mapErrors(async () => {
         const checked = checkedInput(saga, input);
-        if (lean !== undefined) {
-          const rows = await lean.rows<{ id: string }>('SELECT pgrelay.saga_start($1, $2::jsonb, $3) AS id',
-            [sagaTypeOf(saga), toJsonText(checked), options.idempotencyKey ?? null]);
-          if (rows.length !== 1) throw new Error(`pgrelay.saga_start returned ${rows.length} rows`);
-          return idSchema.parse(rows[0]).id;
-        }
+        if (grouper !== undefined) return grouper.start(sagaTypeOf(saga), toJsonText(checked), options.idempotencyKey ?? null);
+        if (lean !== undefined) return startOne(lean, sagaTypeOf(saga), toJsonText(checked), options.idempotencyKey ?? null);
         return connection.oneFirst(sql.type(idSchema)`
           SELECT pgrelay.saga_start(${sagaTypeOf(saga)}, ${toJsonText(checked)}::jsonb, ${options.idempotencyKey ?? null}) AS id`);
       }),
