@@ -14,6 +14,7 @@
 // as it would for a lone start: every caller of the group gets that error, and nothing is retried
 // (a retried start without an idempotency key could otherwise run twice).
 import type { LeanQuery } from './pool.js';
+import { idSchema } from './schemas.js';
 
 /** sagaStartGrouping: true (the default), false (one statement per start), or limits. */
 export type SagaStartGroupingOption =
@@ -77,12 +78,8 @@ FROM (SELECT r.n, r.saga_type, r.input, r.key
       ORDER BY r.key IS NULL, CASE WHEN r.key IS NOT NULL THEN r.saga_type END, r.key, r.n
       OFFSET 0) AS t`;
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
-function checkedId(value: unknown): string {
-  if (typeof value !== 'string' || !UUID.test(value)) throw new Error(`pgrelay.saga_start returned ${JSON.stringify(value)}, not a uuid`);
-  return value;
-}
+/** The id saga_start returned, checked as every other client call checks ids (schemas.ts). */
+const checkedId = (value: unknown): string => idSchema.parse({ id: value }).id;
 
 /** One start on its own: the statement an ungrouped client sends. */
 export async function startOne(lean: LeanQuery, sagaType: string, input: string, key: string | null): Promise<string> {

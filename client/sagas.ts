@@ -1,7 +1,7 @@
 import { sql, type CommonQueryMethods } from 'slonik';
 import { z } from 'zod';
 import { mapErrors } from './errors.js';
-import type { Json } from './schemas.js';
+import { idSchema, type Json } from './schemas.js';
 import type { BackoffOptions } from './subscriptions.js';
 import type { LeanQuery } from './pool.js';
 import { createSagaStartGrouper, startOne, type SagaStartGrouping } from './saga-start-group.js';
@@ -155,7 +155,6 @@ export type SagaLike<I = unknown> = { readonly type: string; readonly definition
 
 const voidSchema = z.object({}).passthrough();
 const statusRowSchema = z.object({ status: sagaStatusSchema });
-const idSchema = z.object({ id: z.string().uuid() });
 const idsSchema = z.object({ ids: z.array(z.string().uuid()).nullable() });
 const versionSchema = z.object({ version: z.number().int() });
 const countSchema = z.object({ n: z.number().int() });
