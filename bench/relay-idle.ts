@@ -8,8 +8,7 @@ import { loadavg } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { performance, PerformanceObserver } from 'node:perf_hooks';
 import { withPg } from './lib.js';
-import { deadline, latency, payload } from './relay.js';
-import { pgBoss, pgrelayInProcess, type System } from './relay-systems.js';
+import { deadline, latency, payload, pgBoss, pgrelayInProcess, type System } from './relay-systems.js';
 
 export async function idleSystem(system: string, url: string): Promise<System> {
   if (system === 'pgrelay') return pgrelayInProcess(url, { partitions: 1, batchSize: 100 });

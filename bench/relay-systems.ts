@@ -4,14 +4,30 @@
 // sentAt the performance.now() the producer stamped into the payload just before its transaction.
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { PgBoss } from 'pg-boss';
 import { run as runGraphile, makeWorkerUtils, Logger, type Runner, type WorkerUtils } from 'graphile-worker';
 import { createClient, type PgrelayClient } from '../client/index.js';
 import { createRelayService, type RelayService } from '../daemon/service.js';
 import { defaultSinks } from '../daemon/sinks.js';
+import { percentile } from './lib.js';
 
 export type Payload = { sentAt: number; producer: number; n: number; body: string };
+
+/** A timer for Promise.race that does not keep the process alive once the race is won. */
+export const deadline = (ms: number): Promise<void> => sleep(ms, undefined, { ref: false });
+
+const BODY = JSON.stringify({ order: 'o-123456', customer: 'c-42', total: 129.9, currency: 'EUR', items: [{ sku: 'A-1', qty: 2 }] });
+/** The same order payload for every system, stamped just before its transaction. */
+export const payload = (producer: number, n: number): Payload => ({ sentAt: performance.now(), producer, n, body: BODY });
+
+export type Latency = { p50: number; p99: number; max: number };
+export const latency = (samples: number[]): Latency => {
+  const sorted = [...samples].sort((a, b) => a - b);
+  return { p50: percentile(sorted, 50), p99: percentile(sorted, 99), max: percentile(sorted, 100) };
+};
 export type OnMessage = (sentAt: number) => void;
 
 /** What a producer does once per message: one transaction holding one message. */

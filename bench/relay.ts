@@ -4,11 +4,13 @@
 // See bench/README.md `## relay` for what each number means and where the time goes.
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { performance } from 'node:perf_hooks';
-import { percentile, perSecond, ratio, timed, type BenchContext, type BenchSuite } from './lib.js';
+import { perSecond, ratio, timed, type BenchContext, type BenchSuite } from './lib.js';
 import {
+  deadline,
   graphileWorker,
+  latency,
+  payload,
   pgBoss,
   pgClient,
   pgrelayInProcess,
@@ -17,21 +19,8 @@ import {
   PLAIN_INSERT,
   PLAIN_TABLE_DDL,
   TOPIC,
-  type Payload,
   type System,
 } from './relay-systems.js';
-
-/** A timer for Promise.race that does not keep the process alive once the race is won. */
-export const deadline = (ms: number): Promise<void> => sleep(ms, undefined, { ref: false });
-
-const BODY = JSON.stringify({ order: 'o-123456', customer: 'c-42', total: 129.9, currency: 'EUR', items: [{ sku: 'A-1', qty: 2 }] });
-export const payload = (producer: number, n: number): Payload => ({ sentAt: performance.now(), producer, n, body: BODY });
-
-export type Latency = { p50: number; p99: number; max: number };
-export const latency = (samples: number[]): Latency => {
-  const sorted = [...samples].sort((a, b) => a - b);
-  return { p50: percentile(sorted, 50), p99: percentile(sorted, 99), max: percentile(sorted, 100) };
-};
 
 /** Runs `clients` loops for durationMs, each calling op; returns completed ops per second. */
 async function closedLoop(clients: number, durationMs: number, op: (client: number, n: number) => Promise<void>): Promise<number> {
