@@ -67,6 +67,25 @@ export const PLAIN_INSERT = {
   name: 'bench-plain-insert',
   text: `INSERT INTO bench_plain (topic, key, type, data, metadata) VALUES ($1, $2, $3, $4, '{}')`,
 };
+/**
+ * References for where publish's cost lies (not peers): the row publish writes, inserted by one
+ * statement with none of publish's checks, doorbell read or function call, into the log itself
+ * (primary key plus the two secondary indexes the readers need) and into a copy of the log with
+ * its primary key only.
+ */
+const LOG_ROW_VALUES = `SELECT p, pg_current_xact_id(), pgrelay._next_xid(), pgrelay._message_id(p), $1, $2, $3, $4, '{}'
+    FROM (SELECT nextval('pgrelay.message_position_seq') AS p) s`;
+export const LOG_ROW_INSERT = {
+  name: 'bench-log-row-insert',
+  text: `INSERT INTO pgrelay.messages (position, xid, next_xid, id, topic, key, type, data, metadata) ${LOG_ROW_VALUES}`,
+};
+export const LOG_ROW_PK_ONLY_DDL = `
+  CREATE TABLE bench_log_pk_only (LIKE pgrelay.messages INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+  ALTER TABLE bench_log_pk_only ADD PRIMARY KEY (xid, position)`;
+export const LOG_ROW_PK_ONLY_INSERT = {
+  name: 'bench-log-row-pk-only-insert',
+  text: `INSERT INTO bench_log_pk_only (position, xid, next_xid, id, topic, key, type, data, metadata) ${LOG_ROW_VALUES}`,
+};
 export const PGRELAY_PUBLISH = {
   name: 'bench-pgrelay-publish',
   text: `SELECT pgrelay.publish($1, $2, $3, $4, '{}')`,

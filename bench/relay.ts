@@ -15,6 +15,9 @@ import {
   pgClient,
   pgrelayInProcess,
   pgrelayWebhook,
+  LOG_ROW_INSERT,
+  LOG_ROW_PK_ONLY_DDL,
+  LOG_ROW_PK_ONLY_INSERT,
   PGRELAY_PUBLISH,
   PLAIN_INSERT,
   PLAIN_TABLE_DDL,
@@ -39,34 +42,46 @@ async function closedLoop(clients: number, durationMs: number, op: (client: numb
   return perSecond(done, ms);
 }
 
-/** Publish vs plain INSERT, same payload, same raw pg connections, alternating rounds. */
+/**
+ * Publish vs plain INSERT, same payload, same raw pg connections, alternating rounds; with two
+ * references in the same rounds: the log row alone (LOG_ROW_INSERT) and the log row into a copy of
+ * the log with its primary key only, which split publish's cost into the row and its indexes and
+ * what the function adds.
+ */
 async function publishThroughput(context: BenchContext, url: string): Promise<Record<string, unknown>> {
   const durationMs = context.quick ? 1500 : 5000;
   const rounds = context.quick ? 1 : 3;
   const setup = await pgClient(url, 'bench-setup');
   await setup.query(PLAIN_TABLE_DDL);
+  await setup.query(LOG_ROW_PK_ONLY_DDL);
   await setup.end();
   const out: Record<string, unknown> = {};
+  const contenders = { plain: PLAIN_INSERT, publish: PGRELAY_PUBLISH, log_row: LOG_ROW_INSERT, log_row_pk_only: LOG_ROW_PK_ONLY_INSERT };
   for (const clients of [1, 8]) {
     const connections = await Promise.all(Array.from({ length: clients }, (_, i) => pgClient(url, `bench-publish-${i}`)));
     const data = JSON.stringify(payload(0, 0));
-    const plain: number[] = [];
-    const publish: number[] = [];
+    const perRound: Record<keyof typeof contenders, number[]> = { plain: [], publish: [], log_row: [], log_row_pk_only: [] };
     for (let round = 0; round < rounds; round++) {
-      plain.push(await closedLoop(clients, durationMs, (c, n) =>
-        connections[c]!.query({ ...PLAIN_INSERT, values: [TOPIC, `k-${c}-${n % 16}`, 'order.placed', data] }).then(() => {})));
-      publish.push(await closedLoop(clients, durationMs, (c, n) =>
-        connections[c]!.query({ ...PGRELAY_PUBLISH, values: [TOPIC, `k-${c}-${n % 16}`, 'order.placed', data] }).then(() => {})));
+      for (const [name, statement] of Object.entries(contenders) as [keyof typeof contenders, typeof PLAIN_INSERT][]) {
+        perRound[name].push(await closedLoop(clients, durationMs, (c, n) =>
+          connections[c]!.query({ ...statement, values: [TOPIC, `k-${c}-${n % 16}`, 'order.placed', data] }).then(() => {})));
+      }
     }
     await Promise.all(connections.map((c) => c.end()));
     const best = (xs: number[]): number => Math.max(...xs);
+    const plain = best(perRound.plain);
     out[`clients_${clients}`] = {
-      plain_insert_per_s: best(plain),
-      publish_per_s: best(publish),
-      ratio_publish_to_insert: ratio(best(publish), best(plain)),
-      rounds: { plain, publish },
+      plain_insert_per_s: plain,
+      publish_per_s: best(perRound.publish),
+      ratio_publish_to_insert: ratio(best(perRound.publish), plain),
+      log_row_per_s: best(perRound.log_row),
+      ratio_log_row_to_insert: ratio(best(perRound.log_row), plain),
+      log_row_pk_only_per_s: best(perRound.log_row_pk_only),
+      ratio_log_row_pk_only_to_insert: ratio(best(perRound.log_row_pk_only), plain),
+      rounds: perRound,
     };
-    context.log(`publish, ${clients} client(s): ${best(publish)}/s vs plain INSERT ${best(plain)}/s → ${ratio(best(publish), best(plain))}×`);
+    context.log(`publish, ${clients} client(s): ${best(perRound.publish)}/s vs plain INSERT ${plain}/s → ${ratio(best(perRound.publish), plain)}×` +
+      ` (log row alone ${ratio(best(perRound.log_row), plain)}×, log row with its primary key only ${ratio(best(perRound.log_row_pk_only), plain)}×)`);
   }
   return out;
 }
