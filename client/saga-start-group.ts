@@ -36,7 +36,7 @@ export type SagaStartGrouping = { maxGroupSize: number; maxInFlight: number };
 export const DEFAULT_MAX_GROUP_SIZE = 100;
 export const DEFAULT_MAX_IN_FLIGHT = 2;
 /** A group stops growing past this much input JSON text (a single larger start still goes, alone). */
-export const MAX_GROUP_BYTES = 1 << 20;
+const MAX_GROUP_BYTES = 1 << 20;
 
 /** The effective limits, or undefined when grouping is off. Throws on a bad value. */
 export function sagaStartGrouping(option: SagaStartGroupingOption | undefined, poolSize: number): SagaStartGrouping | undefined {
@@ -63,7 +63,7 @@ type Pending = {
   reject: (error: unknown) => void;
 };
 
-export const START_ONE = 'SELECT pgrelay.saga_start($1, $2::jsonb, $3) AS id';
+const START_ONE = 'SELECT pgrelay.saga_start($1, $2::jsonb, $3) AS id';
 
 // One row per start. Run keyed starts first, ordered by (type, key), then the others in arrival
 // order: two concurrent groups that share idempotency keys then take the keys' index entries in
@@ -173,7 +173,6 @@ export function createSagaStartGrouper(lean: LeanQuery, limits: SagaStartGroupin
   };
 
   return {
-    limits,
     /** Queues a start; it goes out with what else is queued when a slot is free. */
     start(sagaType: string, input: string, key: string | null): Promise<string> {
       return new Promise<string>((resolve, reject) => {
@@ -188,4 +187,3 @@ export function createSagaStartGrouper(lean: LeanQuery, limits: SagaStartGroupin
     },
   };
 }
-export type SagaStartGrouper = ReturnType<typeof createSagaStartGrouper>;

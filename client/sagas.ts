@@ -214,11 +214,13 @@ export function sagaMethods(connection: CommonQueryMethods, lean?: LeanQuery, gr
      */
     start: <I = unknown>(saga: string | SagaLike<I>, input: NoInfer<I>, options: SagaStartOptions = {}) =>
       mapErrors(async () => {
-        const checked = checkedInput(saga, input);
-        if (grouper !== undefined) return grouper.start(sagaTypeOf(saga), toJsonText(checked), options.idempotencyKey ?? null);
-        if (lean !== undefined) return startOne(lean, sagaTypeOf(saga), toJsonText(checked), options.idempotencyKey ?? null);
+        const type = sagaTypeOf(saga);
+        const json = toJsonText(checkedInput(saga, input));
+        const key = options.idempotencyKey ?? null;
+        if (grouper !== undefined) return grouper.start(type, json, key);
+        if (lean !== undefined) return startOne(lean, type, json, key);
         return connection.oneFirst(sql.type(idSchema)`
-          SELECT pgrelay.saga_start(${sagaTypeOf(saga)}, ${toJsonText(checked)}::jsonb, ${options.idempotencyKey ?? null}) AS id`);
+          SELECT pgrelay.saga_start(${type}, ${json}::jsonb, ${key}) AS id`);
       }),
     /**
      * Starts many sagas of one type in one statement (one transaction): ids in the order of inputs.
