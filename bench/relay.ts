@@ -57,31 +57,32 @@ async function publishThroughput(context: BenchContext, url: string): Promise<Re
   await setup.end();
   const out: Record<string, unknown> = {};
   const contenders = { plain: PLAIN_INSERT, publish: PGRELAY_PUBLISH, log_row: LOG_ROW_INSERT, log_row_pk_only: LOG_ROW_PK_ONLY_INSERT };
+  type Contender = keyof typeof contenders;
   for (const clients of [1, 8]) {
     const connections = await Promise.all(Array.from({ length: clients }, (_, i) => pgClient(url, `bench-publish-${i}`)));
     const data = JSON.stringify(payload(0, 0));
-    const perRound: Record<keyof typeof contenders, number[]> = { plain: [], publish: [], log_row: [], log_row_pk_only: [] };
+    const perRound = Object.fromEntries(Object.keys(contenders).map((name) => [name, [] as number[]])) as Record<Contender, number[]>;
     for (let round = 0; round < rounds; round++) {
-      for (const [name, statement] of Object.entries(contenders) as [keyof typeof contenders, typeof PLAIN_INSERT][]) {
+      for (const [name, statement] of Object.entries(contenders) as [Contender, typeof PLAIN_INSERT][]) {
         perRound[name].push(await closedLoop(clients, durationMs, (c, n) =>
           connections[c]!.query({ ...statement, values: [TOPIC, `k-${c}-${n % 16}`, 'order.placed', data] }).then(() => {})));
       }
     }
     await Promise.all(connections.map((c) => c.end()));
-    const best = (xs: number[]): number => Math.max(...xs);
-    const plain = best(perRound.plain);
+    // Each contender's best round.
+    const best = Object.fromEntries(Object.entries(perRound).map(([name, xs]) => [name, Math.max(...xs)])) as Record<Contender, number>;
     out[`clients_${clients}`] = {
-      plain_insert_per_s: plain,
-      publish_per_s: best(perRound.publish),
-      ratio_publish_to_insert: ratio(best(perRound.publish), plain),
-      log_row_per_s: best(perRound.log_row),
-      ratio_log_row_to_insert: ratio(best(perRound.log_row), plain),
-      log_row_pk_only_per_s: best(perRound.log_row_pk_only),
-      ratio_log_row_pk_only_to_insert: ratio(best(perRound.log_row_pk_only), plain),
+      plain_insert_per_s: best.plain,
+      publish_per_s: best.publish,
+      ratio_publish_to_insert: ratio(best.publish, best.plain),
+      log_row_per_s: best.log_row,
+      ratio_log_row_to_insert: ratio(best.log_row, best.plain),
+      log_row_pk_only_per_s: best.log_row_pk_only,
+      ratio_log_row_pk_only_to_insert: ratio(best.log_row_pk_only, best.plain),
       rounds: perRound,
     };
-    context.log(`publish, ${clients} client(s): ${best(perRound.publish)}/s vs plain INSERT ${plain}/s → ${ratio(best(perRound.publish), plain)}×` +
-      ` (log row alone ${ratio(best(perRound.log_row), plain)}×, log row with its primary key only ${ratio(best(perRound.log_row_pk_only), plain)}×)`);
+    context.log(`publish, ${clients} client(s): ${best.publish}/s vs plain INSERT ${best.plain}/s → ${ratio(best.publish, best.plain)}×` +
+      ` (log row alone ${ratio(best.log_row, best.plain)}×, log row with its primary key only ${ratio(best.log_row_pk_only, best.plain)}×)`);
   }
   return out;
 }
